@@ -1,0 +1,362 @@
+//! Acquire, release and extend, over the small [`Nodes`] trait.
+//!
+//! Every operation fans out to all nodes at once and decides as soon as the
+//! outcome is certain (quorum reached, quorum out of reach, or the deadline
+//! passed); it never waits for the slowest node.
+
+use crate::options::{self, AcquireOptions};
+use crate::quorum::{Decision, Outcome, Reply, Tally};
+use crate::validity::{NS_PER_MS, expires_at_ns, validity_ms};
+
+/// One per-node operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op<'a> {
+    /// `SET key token NX PX ttl_ms`.
+    SetIfAbsent {
+        /// Lock key.
+        key: &'a str,
+        /// Our token.
+        token: &'a str,
+        /// TTL in ms.
+        ttl_ms: u64,
+    },
+    /// Delete `key` if its value is `token`.
+    DeleteIfToken {
+        /// Lock key.
+        key: &'a str,
+        /// Our token.
+        token: &'a str,
+    },
+    /// Set a new TTL on `key` if its value is `token`.
+    ExtendIfToken {
+        /// Lock key.
+        key: &'a str,
+        /// Our token.
+        token: &'a str,
+        /// New TTL in ms.
+        ttl_ms: u64,
+    },
+}
+
+/// Why [`Nodes::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// At least one of the pending replies may be ready.
+    Progress,
+    /// The instant passed.
+    Deadline,
+    /// The caller asked to cancel the operation.
+    Cancelled,
+}
+
+/// What the algorithm needs from its environment: nodes, a monotonic clock,
+/// randomness and a way to wait. The component implements it with WASI and
+/// the `redis-node` import; the tests with a simulated cluster and clock.
+pub trait Nodes {
+    /// A request in flight on one node.
+    type Pending;
+
+    /// Configured node count, N.
+    fn count(&self) -> u32;
+    /// Monotonic clock, ns.
+    fn now_ns(&mut self) -> u64;
+    /// Cryptographically secure random bits.
+    fn random_u64(&mut self) -> u64;
+    /// Sends `op` to `node` without waiting.
+    fn start(&mut self, node: u32, op: &Op<'_>) -> Self::Pending;
+    /// The reply, if it has arrived.
+    fn reply(&mut self, pending: &Self::Pending) -> Option<Reply>;
+    /// Blocks until one of `pending` may have a reply, `until_ns` passes, or
+    /// cancellation is requested. With `pending` empty, a cancellable sleep.
+    fn wait(&mut self, pending: &[&Self::Pending], until_ns: u64) -> Wake;
+
+    /// A fresh lock token: 128 random bits as 32 lowercase hex digits.
+    fn token(&mut self) -> String {
+        let (a, b) = (self.random_u64(), self.random_u64());
+        format!("{a:016x}{b:016x}")
+    }
+}
+
+/// A held lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    /// Key as the caller gave it.
+    pub key: String,
+    /// Random token stored on the nodes.
+    pub token: String,
+    /// Validity left when the call returned, ms; always > 0.
+    pub validity_ms: u64,
+    /// Monotonic instant (ns) at which validity ends.
+    pub expires_at_ns: u64,
+}
+
+/// Node-by-node detail of a failed quorum operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumFailure {
+    /// Attempts made.
+    pub attempts: u32,
+    /// True when the time budget ended the operation.
+    pub deadline_passed: bool,
+    /// Outcome per node in the last attempt, indexed by node.
+    pub nodes: Vec<Outcome>,
+}
+
+/// Every way an operation can fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// No time budget was given.
+    DeadlineNeeded,
+    /// No quorum granted the lock within the budget.
+    UnableToAcquire(QuorumFailure),
+    /// Fewer than a quorum confirmed the delete.
+    UnableToRelease(QuorumFailure),
+    /// Rejected before any I/O.
+    InvalidArgument(String),
+    /// Extend could not confirm the lock on a quorum in time.
+    LockLost(QuorumFailure),
+    /// The caller cancelled.
+    Cancelled,
+}
+
+/// How long a round waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Until the quorum outcome is certain.
+    Decided,
+    /// Until every node answered (cleanup: delete everywhere we can).
+    AllAnswered,
+}
+
+/// How a round ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Reached,
+    Impossible,
+    DeadlinePassed,
+    Cancelled,
+}
+
+struct Round {
+    end: End,
+    outcomes: Vec<Outcome>,
+}
+
+/// Sends `op` to every node at once and collects replies until `until`
+/// says stop or `until_ns` passes.
+fn round<N: Nodes>(nodes: &mut N, op: &Op<'_>, until_ns: u64, until: Until) -> Round {
+    let n = nodes.count();
+    let mut pending: Vec<Option<N::Pending>> = (0..n).map(|i| Some(nodes.start(i, op))).collect();
+    let mut outcomes = vec![Outcome::NoReply; n as usize];
+    let mut tally = Tally::new(n);
+    loop {
+        for (slot, outcome) in pending.iter_mut().zip(outcomes.iter_mut()) {
+            if let Some(reply) = slot.as_ref().and_then(|p| nodes.reply(p)) {
+                tally.record(&reply);
+                *outcome = reply.into();
+                *slot = None;
+            }
+        }
+        let decided = match (until, tally.decision()) {
+            (Until::Decided, Decision::Reached) => Some(End::Reached),
+            (Until::Decided, Decision::Impossible) => Some(End::Impossible),
+            (Until::AllAnswered, d) if tally.all_answered() => Some(match d {
+                Decision::Reached => End::Reached,
+                _ => End::Impossible,
+            }),
+            _ => None,
+        };
+        if let Some(end) = decided {
+            return Round { end, outcomes };
+        }
+        let live: Vec<&N::Pending> = pending.iter().flatten().collect();
+        match nodes.wait(&live, until_ns) {
+            Wake::Progress => {}
+            Wake::Deadline => {
+                return Round {
+                    end: End::DeadlinePassed,
+                    outcomes,
+                };
+            }
+            Wake::Cancelled => {
+                return Round {
+                    end: End::Cancelled,
+                    outcomes,
+                };
+            }
+        }
+    }
+}
+
+/// Deletes `key` wherever it holds `token`, waiting for every node until
+/// `until_ns`. Used after a failed or cancelled acquire: a node that seemed
+/// to fail may still have executed the SET, so every node is asked.
+fn clean_up<N: Nodes>(nodes: &mut N, key: &str, token: &str, until_ns: u64) {
+    round(
+        nodes,
+        &Op::DeleteIfToken { key, token },
+        until_ns,
+        Until::AllAnswered,
+    );
+}
+
+fn deadline_after<N: Nodes>(nodes: &mut N, budget_ms: u64) -> u64 {
+    nodes
+        .now_ns()
+        .saturating_add(budget_ms.saturating_mul(NS_PER_MS))
+}
+
+/// Takes the lock on `key`. See the WIT `redlock.acquire` for the contract.
+pub fn acquire<N: Nodes>(
+    nodes: &mut N,
+    key: &str,
+    opts: &AcquireOptions,
+    budget_ms: Option<u64>,
+) -> Result<Lock, Error> {
+    let budget_ms = options::check_budget(budget_ms)?;
+    options::check_key(key)?;
+    options::check_ttl(opts.ttl_ms)?;
+    options::check_nodes(nodes.count())?;
+    let retry = opts.retry();
+    let deadline = deadline_after(nodes, budget_ms);
+    let token = nodes.token();
+    let ttl_ms = opts.ttl_ms;
+
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let start = nodes.now_ns();
+        let expires_at_ns = expires_at_ns(start, ttl_ms);
+        // Past `expires_at` no validity could be left, so stop waiting there.
+        let until_ns = deadline.min(expires_at_ns);
+        let set = Op::SetIfAbsent {
+            key,
+            token: &token,
+            ttl_ms,
+        };
+        let r = round(nodes, &set, until_ns, Until::Decided);
+        let now = nodes.now_ns();
+        match r.end {
+            End::Reached => {
+                if let Some(validity_ms) = validity_ms(ttl_ms, now.saturating_sub(start)) {
+                    return Ok(Lock {
+                        key: key.to_owned(),
+                        token,
+                        validity_ms,
+                        expires_at_ns,
+                    });
+                }
+            }
+            End::Cancelled => {
+                clean_up(nodes, key, &token, deadline);
+                return Err(Error::Cancelled);
+            }
+            End::Impossible | End::DeadlinePassed => {}
+        }
+        clean_up(nodes, key, &token, deadline);
+
+        let now = nodes.now_ns();
+        let pause_ms = u64::from(retry.delay_ms) + jitter(nodes, retry.jitter_ms);
+        let wake_at = now.saturating_add(pause_ms * NS_PER_MS);
+        let out_of_time = now >= deadline || wake_at >= deadline;
+        if attempts > retry.count || out_of_time {
+            return Err(Error::UnableToAcquire(QuorumFailure {
+                attempts,
+                deadline_passed: out_of_time,
+                nodes: r.outcomes,
+            }));
+        }
+        if nodes.wait(&[], wake_at) == Wake::Cancelled {
+            return Err(Error::Cancelled);
+        }
+    }
+}
+
+fn jitter<N: Nodes>(nodes: &mut N, jitter_ms: u32) -> u64 {
+    if jitter_ms == 0 {
+        0
+    } else {
+        nodes.random_u64() % (u64::from(jitter_ms) + 1)
+    }
+}
+
+/// Deletes the lock where it still holds our token; succeeds on a quorum.
+pub fn release<N: Nodes>(
+    nodes: &mut N,
+    key: &str,
+    token: &str,
+    budget_ms: Option<u64>,
+) -> Result<(), Error> {
+    let budget_ms = options::check_budget(budget_ms)?;
+    options::check_key(key)?;
+    options::check_token(token)?;
+    options::check_nodes(nodes.count())?;
+    let deadline = deadline_after(nodes, budget_ms);
+    let r = round(
+        nodes,
+        &Op::DeleteIfToken { key, token },
+        deadline,
+        Until::Decided,
+    );
+    match r.end {
+        End::Reached => Ok(()),
+        End::Cancelled => Err(Error::Cancelled),
+        End::Impossible | End::DeadlinePassed => Err(Error::UnableToRelease(QuorumFailure {
+            attempts: 1,
+            deadline_passed: r.end == End::DeadlinePassed,
+            nodes: r.outcomes,
+        })),
+    }
+}
+
+/// Sets a new TTL where the key still holds our token; succeeds on a quorum
+/// before the lock's validity ends. Never deletes.
+pub fn extend<N: Nodes>(
+    nodes: &mut N,
+    lock: &Lock,
+    ttl_ms: u64,
+    budget_ms: Option<u64>,
+) -> Result<Lock, Error> {
+    let budget_ms = options::check_budget(budget_ms)?;
+    options::check_key(&lock.key)?;
+    options::check_token(&lock.token)?;
+    options::check_ttl(ttl_ms)?;
+    options::check_nodes(nodes.count())?;
+    let start = nodes.now_ns();
+    let lost = |attempts, deadline_passed, nodes| {
+        Err(Error::LockLost(QuorumFailure {
+            attempts,
+            deadline_passed,
+            nodes,
+        }))
+    };
+    if start >= lock.expires_at_ns {
+        // Validity is over: another client may hold the key now. Reporting
+        // the loss is the only safe answer, and it needs no I/O.
+        return lost(0, false, vec![Outcome::NoReply; nodes.count() as usize]);
+    }
+    let deadline = deadline_after(nodes, budget_ms);
+    let until_ns = deadline.min(lock.expires_at_ns);
+    let op = Op::ExtendIfToken {
+        key: &lock.key,
+        token: &lock.token,
+        ttl_ms,
+    };
+    let r = round(nodes, &op, until_ns, Until::Decided);
+    let now = nodes.now_ns();
+    match r.end {
+        End::Reached => match validity_ms(ttl_ms, now.saturating_sub(start)) {
+            Some(validity_ms) if now < lock.expires_at_ns => Ok(Lock {
+                key: lock.key.clone(),
+                token: lock.token.clone(),
+                validity_ms,
+                expires_at_ns: expires_at_ns(start, ttl_ms),
+            }),
+            _ => lost(1, now >= deadline, r.outcomes),
+        },
+        End::Cancelled => Err(Error::Cancelled),
+        End::Impossible | End::DeadlinePassed => lost(1, now >= deadline, r.outcomes),
+    }
+}
+
+#[cfg(test)]
+mod tests;

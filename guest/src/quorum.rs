@@ -1,0 +1,140 @@
+//! What each node said, and when the outcome of a round becomes certain.
+
+/// Why a node could not carry out an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeError {
+    /// No reply within the host's per-node timeout.
+    Timeout,
+    /// Could not connect, or the connection broke.
+    Connection(String),
+    /// The server answered with an error reply (READONLY, OOM, NOPERM, ...).
+    Redis(String),
+    /// Anything else.
+    Other(String),
+}
+
+/// A node's reply to one operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The operation took effect.
+    Done,
+    /// The node answered and did nothing (key held / not ours).
+    Refused,
+    /// The node failed; the operation may or may not have taken effect.
+    Failed(NodeError),
+}
+
+/// A node's outcome in a round: a reply, or none yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// See [`Reply::Done`].
+    Done,
+    /// See [`Reply::Refused`].
+    Refused,
+    /// See [`Reply::Failed`].
+    Failed(NodeError),
+    /// No reply had arrived when the round was decided.
+    NoReply,
+}
+
+impl From<Reply> for Outcome {
+    fn from(reply: Reply) -> Self {
+        match reply {
+            Reply::Done => Outcome::Done,
+            Reply::Refused => Outcome::Refused,
+            Reply::Failed(e) => Outcome::Failed(e),
+        }
+    }
+}
+
+/// Redlock's quorum for `n` configured nodes: `n / 2 + 1`, also for even `n`.
+/// Always computed from the configured count, never from the nodes that
+/// happened to be reachable (redlock-py's bug).
+pub const fn quorum(n: u32) -> u32 {
+    n / 2 + 1
+}
+
+/// Where a round stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A quorum did it: success, whatever the rest say.
+    Reached,
+    /// Too few nodes are left unanswered for a quorum: failure, whatever they say.
+    Impossible,
+    /// Still open.
+    Open,
+}
+
+/// Counts replies of one round over `n` nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Tally {
+    quorum: u32,
+    done: u32,
+    unanswered: u32,
+}
+
+impl Tally {
+    /// A tally with no replies yet.
+    pub fn new(n: u32) -> Self {
+        Self {
+            quorum: quorum(n),
+            done: 0,
+            unanswered: n,
+        }
+    }
+
+    /// Records one node's reply. Each node must be recorded at most once.
+    pub fn record(&mut self, reply: &Reply) {
+        debug_assert!(self.unanswered > 0);
+        self.unanswered = self.unanswered.saturating_sub(1);
+        if *reply == Reply::Done {
+            self.done += 1;
+        }
+    }
+
+    /// True once every node has answered.
+    pub fn all_answered(&self) -> bool {
+        self.unanswered == 0
+    }
+
+    /// The outcome as far as it is certain now.
+    pub fn decision(&self) -> Decision {
+        if self.done >= self.quorum {
+            Decision::Reached
+        } else if self.done + self.unanswered < self.quorum {
+            Decision::Impossible
+        } else {
+            Decision::Open
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_is_a_strict_majority() {
+        let expected = [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4), (7, 4)];
+        for (n, q) in expected {
+            assert_eq!(quorum(n), q, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn decides_as_soon_as_certain() {
+        let mut t = Tally::new(5);
+        t.record(&Reply::Done);
+        t.record(&Reply::Done);
+        assert_eq!(t.decision(), Decision::Open);
+        t.record(&Reply::Done);
+        assert_eq!(t.decision(), Decision::Reached, "3 of 5 is enough; don't wait for 2 more");
+
+        let mut t = Tally::new(5);
+        t.record(&Reply::Refused);
+        t.record(&Reply::Failed(NodeError::Timeout));
+        assert_eq!(t.decision(), Decision::Open);
+        t.record(&Reply::Refused);
+        assert_eq!(t.decision(), Decision::Impossible, "3 of 5 against: 2 left cannot make 3");
+    }
+}
