@@ -68,6 +68,8 @@ pub trait Nodes {
     fn reply(&mut self, pending: &Self::Pending) -> Option<Reply>;
     /// Blocks until one of `pending` may have a reply, `until_ns` passes, or
     /// cancellation is requested. With `pending` empty, a cancellable sleep.
+    /// [`Wake::Cancelled`] is reported once; later waits ignore cancellation
+    /// so that the cleanup after it can run.
     fn wait(&mut self, pending: &[&Self::Pending], until_ns: u64) -> Wake;
 
     /// A fresh lock token: 128 random bits as 32 lowercase hex digits.
@@ -97,7 +99,8 @@ pub struct QuorumFailure {
     pub attempts: u32,
     /// True when the time budget ended the operation.
     pub deadline_passed: bool,
-    /// Outcome per node in the last attempt, indexed by node.
+    /// Outcome per node, indexed by node: from the last attempt that heard
+    /// from any node (the only attempt for release and extend).
     pub nodes: Vec<Outcome>,
 }
 
@@ -222,6 +225,10 @@ pub fn acquire<N: Nodes>(
     let ttl_ms = opts.ttl_ms;
 
     let mut attempts = 0u32;
+    // The outcomes to report: from the last attempt that heard from any
+    // node, so a final attempt cut short by the deadline does not hide why
+    // the earlier ones failed.
+    let mut reported: Option<Vec<Outcome>> = None;
     loop {
         attempts += 1;
         let start = nodes.now_ns();
@@ -247,12 +254,16 @@ pub fn acquire<N: Nodes>(
                 }
             }
             End::Cancelled => {
-                clean_up(nodes, key, &token, deadline);
+                let soon = now.saturating_add(options::CANCEL_CLEANUP_MS * NS_PER_MS);
+                clean_up(nodes, key, &token, deadline.min(soon));
                 return Err(Error::Cancelled);
             }
             End::Impossible | End::DeadlinePassed => {}
         }
         clean_up(nodes, key, &token, deadline);
+        if reported.is_none() || r.outcomes.iter().any(|o| *o != Outcome::NoReply) {
+            reported = Some(r.outcomes);
+        }
 
         let now = nodes.now_ns();
         let pause_ms = u64::from(retry.delay_ms) + jitter(nodes, retry.jitter_ms);
@@ -262,7 +273,7 @@ pub fn acquire<N: Nodes>(
             return Err(Error::UnableToAcquire(QuorumFailure {
                 attempts,
                 deadline_passed: out_of_time,
-                nodes: r.outcomes,
+                nodes: reported.unwrap_or_default(),
             }));
         }
         if nodes.wait(&[], wake_at) == Wake::Cancelled {

@@ -29,6 +29,11 @@ pub const DEFAULT_RETRY_DELAY_MS: u32 = 50;
 /// once do not collide again (redsync: 50-250 ms; ours: 50-200 ms).
 pub const DEFAULT_RETRY_JITTER_MS: u32 = 150;
 
+/// After a cancelled acquire, how long to wait for the replies to the
+/// deletes that clean up its keys. The deletes are sent either way; this
+/// only bounds how long a cancelled call can take to return.
+pub const CANCEL_CLEANUP_MS: u64 = 100;
+
 /// Acquire options as the caller gave them; `None` means the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AcquireOptions {
@@ -139,7 +144,9 @@ pub fn check_budget(budget_ms: Option<u64>) -> Result<u64, Error> {
 /// Checks the node count: at least one.
 pub fn check_nodes(count: u32) -> Result<(), Error> {
     if count == 0 {
-        return Err(Error::InvalidArgument("no Redis nodes are configured".into()));
+        return Err(Error::InvalidArgument(
+            "no Redis nodes are configured".into(),
+        ));
     }
     Ok(())
 }
@@ -169,7 +176,10 @@ mod tests {
     #[test]
     fn budget_is_required() {
         assert_eq!(check_budget(None), Err(Error::DeadlineNeeded));
-        assert!(matches!(check_budget(Some(0)), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            check_budget(Some(0)),
+            Err(Error::InvalidArgument(_))
+        ));
         assert_eq!(check_budget(Some(1)), Ok(1));
     }
 

@@ -128,13 +128,21 @@ mod tests {
         t.record(&Reply::Done);
         assert_eq!(t.decision(), Decision::Open);
         t.record(&Reply::Done);
-        assert_eq!(t.decision(), Decision::Reached, "3 of 5 is enough; don't wait for 2 more");
+        assert_eq!(
+            t.decision(),
+            Decision::Reached,
+            "3 of 5 is enough; don't wait for 2 more"
+        );
 
         let mut t = Tally::new(5);
         t.record(&Reply::Refused);
         t.record(&Reply::Failed(NodeError::Timeout));
         assert_eq!(t.decision(), Decision::Open);
         t.record(&Reply::Refused);
-        assert_eq!(t.decision(), Decision::Impossible, "3 of 5 against: 2 left cannot make 3");
+        assert_eq!(
+            t.decision(),
+            Decision::Impossible,
+            "3 of 5 against: 2 left cannot make 3"
+        );
     }
 }

@@ -152,13 +152,22 @@ impl Nodes for Sim {
         let n = &mut self.nodes[node as usize];
         let ready_at = Some(now + n.latency_ns);
         match n.behavior {
-            Behavior::Grant => SimPending { ready_at, reply: Reply::Done },
-            Behavior::Refuse => SimPending { ready_at, reply: Reply::Refused },
+            Behavior::Grant => SimPending {
+                ready_at,
+                reply: Reply::Done,
+            },
+            Behavior::Refuse => SimPending {
+                ready_at,
+                reply: Reply::Refused,
+            },
             Behavior::Fail => SimPending {
                 ready_at,
                 reply: Reply::Failed(NodeError::Connection("simulated".into())),
             },
-            Behavior::Hang => SimPending { ready_at: None, reply: Reply::Failed(NodeError::Timeout) },
+            Behavior::Hang => SimPending {
+                ready_at: None,
+                reply: Reply::Failed(NodeError::Timeout),
+            },
             // The command executes when it reaches the node: half-way.
             Behavior::Redis => {
                 let reply = redis_apply(&mut n.keys, now + n.latency_ns / 2, op);
@@ -176,11 +185,13 @@ impl Nodes for Sim {
 
     fn wait(&mut self, pending: &[&SimPending], until_ns: u64) -> Wake {
         let next = pending.iter().filter_map(|p| p.ready_at).min();
-        if let Some(c) = self.cancel_at {
-            if c <= until_ns && next.is_none_or(|t| c <= t) {
-                self.clock = self.clock.max(c);
-                return Wake::Cancelled;
-            }
+        if let Some(c) = self.cancel_at
+            && c <= until_ns
+            && next.is_none_or(|t| c <= t)
+        {
+            self.clock = self.clock.max(c);
+            self.cancel_at = None;
+            return Wake::Cancelled;
         }
         match next {
             Some(t) if t <= until_ns => {

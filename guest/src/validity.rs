@@ -50,7 +50,11 @@ mod tests {
     fn no_validity_is_none() {
         // TTL 100 ms: drift is 100 / 100 + 2 = 3 ms.
         assert_eq!(validity_ms(100, 96 * NS_PER_MS), Some(1));
-        assert_eq!(validity_ms(100, 97 * NS_PER_MS), None, "exactly zero is not granted");
+        assert_eq!(
+            validity_ms(100, 97 * NS_PER_MS),
+            None,
+            "exactly zero is not granted"
+        );
         assert_eq!(validity_ms(100, u64::MAX), None);
         assert_eq!(validity_ms(0, 0), None);
     }

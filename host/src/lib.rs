@@ -1,1 +1,43 @@
+//! Redis Redlock whose algorithm lives in a WebAssembly component (the lock
+//! core, `guest/`) and whose I/O lives here, in a wasmtime host.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), redlock_wasm::Error> {
+//! use std::time::Duration;
+//! use redlock_wasm::Redlock;
+//!
+//! let redlock = Redlock::new(
+//!     ["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"],
+//!     Duration::from_secs(10),
+//! )?;
+//! let lock = redlock.acquire("invoice:42", Duration::from_secs(2)).await?;
+//! // ... work that must finish before lock.valid_until() ...
+//! redlock.release(&lock).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Map of the crate:
+//! - [`lock`]: [`Redlock`], its builder, [`Lock`], [`Deadline`]: the API,
+//!   shaped like the Go library it grew from.
+//! - [`error`]: [`Error`] and the per-node detail of quorum failures.
+//! - [`node`]: the `redis-node` capability (connections, per-node timeout,
+//!   concurrency limit, Lua scripts), reusable by any wasmtime embedder.
+//! - [`addr`]: node URLs, printable without passwords.
+//! - `sandbox`: the engine, the compiled core, warm instances and limits.
+//! - `bindings`: the one `bindgen!` of `wit/redlock.wit`.
 
+#![deny(missing_docs)]
+
+pub mod addr;
+mod bindings;
+pub mod error;
+pub mod lock;
+pub mod node;
+mod sandbox;
+
+pub use addr::NodeAddr;
+pub use error::{Error, NodeError, NodeOutcome, Outcome, QuorumFailure};
+pub use lock::{AcquireOptions, Deadline, Lock, Redlock, RedlockBuilder};
+pub use node::{RedisNode, RedisNodeCtx, RedisNodeCtxBuilder, add_to_linker};
+pub use sandbox::CORE_WASM;
+pub use tokio_util::sync::CancellationToken;

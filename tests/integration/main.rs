@@ -1,1 +1,9 @@
+//! Integration tests of the host library against real `redis-server`
+//! processes that the tests start on free loopback ports.
 
+mod support;
+
+mod basics;
+mod faults;
+mod input;
+mod sandbox;

@@ -68,19 +68,32 @@ fn acquire_decides_exactly_when_certain_for_every_combination_up_to_7_nodes() {
             let result = acquire(&mut sim, "k", &opts, Some(budget));
             let grants = behaviors.iter().filter(|b| **b == Behavior::Grant).count() as u32;
             let expected = expected_decision(&behaviors, start);
-            assert_eq!(sim.count_ops(Kind::Set), n, "{behaviors:?}: one SET per node");
+            assert_eq!(
+                sim.count_ops(Kind::Set),
+                n,
+                "{behaviors:?}: one SET per node"
+            );
             match result {
                 Ok(lock) => {
-                    assert!(grants >= quorum(n as u32), "{behaviors:?}: granted without quorum");
+                    assert!(
+                        grants >= quorum(n as u32),
+                        "{behaviors:?}: granted without quorum"
+                    );
                     let (reached, at) = expected.expect("decided");
                     assert!(reached);
-                    assert_eq!(sim.clock, at, "{behaviors:?}: decided at the quorum-th grant");
+                    assert_eq!(
+                        sim.clock, at,
+                        "{behaviors:?}: decided at the quorum-th grant"
+                    );
                     let elapsed_ms = (at - start).div_ceil(MS);
                     assert_eq!(lock.validity_ms, ttl - elapsed_ms - drift_ms(ttl));
                     assert_eq!(sim.count_ops(Kind::Delete), 0, "no cleanup on success");
                 }
                 Err(Error::UnableToAcquire(f)) => {
-                    assert!(grants < quorum(n as u32), "{behaviors:?}: refused with a quorum");
+                    assert!(
+                        grants < quorum(n as u32),
+                        "{behaviors:?}: refused with a quorum"
+                    );
                     assert_eq!(f.attempts, 1);
                     assert_eq!(f.nodes.len(), n);
                     // Every node that answered before the decision is reported as it said.
@@ -90,18 +103,24 @@ fn acquire_decides_exactly_when_certain_for_every_combination_up_to_7_nodes() {
                         Some((true, _)) => unreachable!(),
                     };
                     for (i, (b, o)) in behaviors.iter().zip(&f.nodes).enumerate() {
-                        let answered = *b != Behavior::Hang && start + (i as u64 + 1) * MS <= decided_at;
+                        let answered =
+                            *b != Behavior::Hang && start + (i as u64 + 1) * MS <= decided_at;
                         let want = match (answered, b) {
                             (false, _) => Outcome::NoReply,
                             (true, Behavior::Grant) => Outcome::Done,
                             (true, Behavior::Refuse) => Outcome::Refused,
-                            (true, _) => Outcome::Failed(crate::quorum::NodeError::Connection("simulated".into())),
+                            (true, _) => Outcome::Failed(crate::quorum::NodeError::Connection(
+                                "simulated".into(),
+                            )),
                         };
                         assert_eq!(*o, want, "{behaviors:?}: node {i}");
                     }
                     // Cleanup asked every node, also those that seemed to fail.
                     assert_eq!(sim.count_ops(Kind::Delete), n, "{behaviors:?}");
-                    assert!(sim.clock <= start + budget * MS, "{behaviors:?}: past the budget");
+                    assert!(
+                        sim.clock <= start + budget * MS,
+                        "{behaviors:?}: past the budget"
+                    );
                 }
                 Err(e) => panic!("{behaviors:?}: unexpected {e:?}"),
             }
@@ -133,7 +152,11 @@ fn release_and_extend_need_a_quorum_for_every_combination_up_to_7_nodes() {
             let r = extend(&mut sim, &lock, 10_000, Some(100));
             assert_eq!(r.is_ok(), grants >= q, "extend {behaviors:?}");
             assert!(matches!(r, Ok(_) | Err(Error::LockLost(_))));
-            assert_eq!(sim.count_ops(Kind::Delete), 0, "a failed extend never deletes");
+            assert_eq!(
+                sim.count_ops(Kind::Delete),
+                0,
+                "a failed extend never deletes"
+            );
         }
     }
 }
@@ -158,9 +181,18 @@ fn held_lock_excludes_until_released() {
         assert_eq!(sim.holder(i, "k"), Some(a.token.as_str()));
     }
     // A wrong token can neither release nor extend.
-    assert!(matches!(release(&mut sim, "k", "nope", Some(100)), Err(Error::UnableToRelease(_))));
-    let forged = Lock { token: "nope".into(), ..a.clone() };
-    assert!(matches!(extend(&mut sim, &forged, 10_000, Some(100)), Err(Error::LockLost(_))));
+    assert!(matches!(
+        release(&mut sim, "k", "nope", Some(100)),
+        Err(Error::UnableToRelease(_))
+    ));
+    let forged = Lock {
+        token: "nope".into(),
+        ..a.clone()
+    };
+    assert!(matches!(
+        extend(&mut sim, &forged, 10_000, Some(100)),
+        Err(Error::LockLost(_))
+    ));
     release(&mut sim, "k", &a.token, Some(100)).unwrap();
     for i in 0..5 {
         assert_eq!(sim.holder(i, "k"), None);
@@ -188,11 +220,16 @@ fn gives_up_inside_the_budget_when_held() {
     }
     let start = sim.clock;
     let err = acquire(&mut sim, "k", &AcquireOptions::with_ttl(1_000), Some(700)).unwrap_err();
-    let Error::UnableToAcquire(f) = err else { panic!("{err:?}") };
+    let Error::UnableToAcquire(f) = err else {
+        panic!("{err:?}")
+    };
     assert!(f.deadline_passed);
     assert!(f.attempts > 1);
     // Three refusals settle it; the last two are not waited for.
-    assert_eq!(&f.nodes[..3], &[Outcome::Refused, Outcome::Refused, Outcome::Refused]);
+    assert_eq!(
+        &f.nodes[..3],
+        &[Outcome::Refused, Outcome::Refused, Outcome::Refused]
+    );
     assert_eq!(&f.nodes[3..], &[Outcome::NoReply, Outcome::NoReply]);
     assert!(sim.clock <= start + 700 * MS);
     for i in 0..5 {
@@ -237,7 +274,10 @@ fn extend_after_validity_is_lost_without_io() {
     let lock = acquire(&mut sim, "k", &AcquireOptions::with_ttl(100), Some(100)).unwrap();
     sim.clock = lock.expires_at_ns;
     let ops = sim.log.len();
-    assert!(matches!(extend(&mut sim, &lock, 100, Some(100)), Err(Error::LockLost(_))));
+    assert!(matches!(
+        extend(&mut sim, &lock, 100, Some(100)),
+        Err(Error::LockLost(_))
+    ));
     assert_eq!(sim.log.len(), ops);
 }
 
@@ -273,10 +313,22 @@ fn bad_input_is_refused_before_any_io() {
         (acquire(&mut sim, "k", &opts, None), "no budget"),
         (acquire(&mut sim, "k", &opts, Some(0)), "zero budget"),
         (acquire(&mut sim, "", &opts, Some(10)), "empty key"),
-        (acquire(&mut sim, &"k".repeat(5000), &opts, Some(10)), "long key"),
-        (acquire(&mut sim, "k", &AcquireOptions::with_ttl(0), Some(10)), "zero ttl"),
-        (acquire(&mut sim, "k", &AcquireOptions::with_ttl(2), Some(10)), "ttl within drift"),
-        (acquire(&mut sim, "k", &AcquireOptions::with_ttl(u64::MAX), Some(10)), "huge ttl"),
+        (
+            acquire(&mut sim, &"k".repeat(5000), &opts, Some(10)),
+            "long key",
+        ),
+        (
+            acquire(&mut sim, "k", &AcquireOptions::with_ttl(0), Some(10)),
+            "zero ttl",
+        ),
+        (
+            acquire(&mut sim, "k", &AcquireOptions::with_ttl(2), Some(10)),
+            "ttl within drift",
+        ),
+        (
+            acquire(&mut sim, "k", &AcquireOptions::with_ttl(u64::MAX), Some(10)),
+            "huge ttl",
+        ),
     ];
     for (r, what) in cases {
         match r {
@@ -285,10 +337,19 @@ fn bad_input_is_refused_before_any_io() {
             other => panic!("{what}: {other:?}"),
         }
     }
-    assert!(matches!(release(&mut sim, "k", "", Some(10)), Err(Error::InvalidArgument(_))));
-    assert!(matches!(release(&mut sim, "k", "t", None), Err(Error::DeadlineNeeded)));
+    assert!(matches!(
+        release(&mut sim, "k", "", Some(10)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        release(&mut sim, "k", "t", None),
+        Err(Error::DeadlineNeeded)
+    ));
     let mut empty = Sim::new(&[]);
-    assert!(matches!(acquire(&mut empty, "k", &opts, Some(10)), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        acquire(&mut empty, "k", &opts, Some(10)),
+        Err(Error::InvalidArgument(_))
+    ));
     assert!(sim.log.is_empty(), "no I/O for bad input");
 }
 

@@ -1,0 +1,15 @@
+//! The one place `bindgen!` runs: host-side types for `wit/redlock.wit`.
+
+wasmtime::component::bindgen!({
+    world: "lock-core",
+    path: "../wit",
+    imports: { default: trappable },
+    exports: { default: async },
+    with: {
+        "wasi": wasmtime_wasi::p2::bindings,
+        "redlock:core/redis-node.pending-reply": crate::node::PendingReply,
+    },
+});
+
+pub use exports::redlock::core::redlock as api;
+pub use redlock::core::redis_node as node;

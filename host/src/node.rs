@@ -1,0 +1,632 @@
+//! The `redis-node` capability: N Redis masters for any wasmtime embedder.
+//!
+//! Laid out like wasmtime's `wasi-keyvalue`: [`RedisNodeCtx`] owns the state
+//! and is made by [`RedisNodeCtxBuilder`]; a borrowed [`RedisNode`] view hands
+//! it to the generated traits; [`add_to_linker`] wires it into a `Linker`.
+//! A plugin host links it for its own components exactly as
+//! [`Redlock`](crate::Redlock) does for the lock core.
+//!
+//! Every call returns at once with a `pending-reply` resource. Its request
+//! runs when the guest polls it (wasi:io/poll drives all of a guest's
+//! pollables together, so a fan-out goes out on every node at once), and its
+//! future is kept in the resource so no progress is lost between polls.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, Script, Value};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
+
+use crate::addr::NodeAddr;
+use crate::bindings::node::{self, NodeError, Reply};
+use crate::error::Error;
+
+/// Per-node command timeout unless configured. Redlock wants it much smaller
+/// than the TTL (the spec: 5-50 ms for a 10 s TTL) so one dead node costs
+/// every caller at most this much.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Concurrent in-flight Redis requests per context unless configured: 10,
+/// as in the original Go library.
+pub const DEFAULT_CONCURRENCY: usize = 10;
+
+/// Compare-and-delete: deletes the key only while it holds our token.
+const DELETE_IF_TOKEN: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+end
+return 0
+"#;
+
+/// Compare-and-extend: a new TTL only while the key holds our token.
+const EXTEND_IF_TOKEN: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("PEXPIRE", KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+/// The state of the `redis-node` capability: node connections, the per-node
+/// timeout, the concurrency limit and the key prefix. Cheap to clone; clones
+/// share connections and the limit.
+#[derive(Clone)]
+pub struct RedisNodeCtx {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Vec<Node>,
+    timeout: Duration,
+    limiter: Semaphore,
+    concurrency: usize,
+    prefix: String,
+    delete: Script,
+    extend: Script,
+}
+
+struct Node {
+    addr: NodeAddr,
+    client: redis::Client,
+    /// The one multiplexed connection, once made; cleared when it breaks so
+    /// the next request reconnects.
+    conn: Mutex<Option<MultiplexedConnection>>,
+    /// Held while connecting. tokio's mutex is FIFO, so requests that wait
+    /// for a connection are sent in the order they were made: a cleanup
+    /// delete never overtakes the SET it cleans up after.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// Where a node comes from.
+enum NodeSpec {
+    Url(String),
+    Client(Box<redis::Client>),
+}
+
+/// Builder-style structure used to create a [`RedisNodeCtx`].
+#[derive(Default)]
+pub struct RedisNodeCtxBuilder {
+    nodes: Vec<NodeSpec>,
+    timeout: Option<Duration>,
+    concurrency: Option<usize>,
+    prefix: String,
+}
+
+impl RedisNodeCtxBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a node by URL: `redis://[user[:password]@]host[:port][/db]`, or
+    /// `rediss://...` for TLS. Checked in [`build`](Self::build).
+    pub fn node(mut self, url: impl Into<String>) -> Self {
+        self.nodes.push(NodeSpec::Url(url.into()));
+        self
+    }
+
+    /// Adds a node from an existing `redis::Client`.
+    pub fn client(mut self, client: redis::Client) -> Self {
+        self.nodes.push(NodeSpec::Client(Box::new(client)));
+        self
+    }
+
+    /// Per-node command timeout. The default is [`DEFAULT_NODE_TIMEOUT`] (50 ms).
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Maximum concurrent in-flight Redis requests, over all nodes and all
+    /// operations sharing this context. The default is
+    /// [`DEFAULT_CONCURRENCY`] (10); 1 serialises every request.
+    pub fn concurrency(mut self, limit: usize) -> Self {
+        self.concurrency = Some(limit);
+        self
+    }
+
+    /// A prefix put in front of every key in Redis. None by default, so lock
+    /// keys interoperate with other Redlock clients that use the same names.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Checks every node (URL syntax, no duplicates, at least one) and the
+    /// limits, without any I/O. Connections are made on first use.
+    pub fn build(self) -> Result<RedisNodeCtx, Error> {
+        if self.nodes.is_empty() {
+            return Err(Error::Config("no Redis nodes given".into()));
+        }
+        let timeout = self.timeout.unwrap_or(DEFAULT_NODE_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(Error::Config("node timeout must be above zero".into()));
+        }
+        let concurrency = self.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if concurrency == 0 || concurrency > Semaphore::MAX_PERMITS {
+            return Err(Error::Config(format!(
+                "concurrency limit must be between 1 and {}, got {concurrency}",
+                Semaphore::MAX_PERMITS
+            )));
+        }
+        let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
+        for spec in self.nodes {
+            let (addr, client) = match spec {
+                NodeSpec::Url(url) => {
+                    let addr = NodeAddr::parse(&url)?;
+                    // Skip CLIENT SETINFO: one round trip less per connect, and
+                    // an ACL user limited to the lock's commands may not run it.
+                    let info = addr.info().clone();
+                    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+                    let info = info.set_redis_settings(settings);
+                    let client = redis::Client::open(info).map_err(|e| {
+                        Error::Config(format!("node {addr}: {}", e.detail().unwrap_or("invalid")))
+                    })?;
+                    (addr, client)
+                }
+                NodeSpec::Client(client) => (
+                    NodeAddr::from_info(client.get_connection_info().clone())?,
+                    *client,
+                ),
+            };
+            if let Some(dup) = nodes.iter().find(|n| n.addr.identity() == addr.identity()) {
+                return Err(Error::Config(format!(
+                    "node {addr} is listed twice (as {}): Redlock needs independent nodes",
+                    dup.addr
+                )));
+            }
+            if addr.is_tls() {
+                // rustls needs one process-wide crypto provider; another part
+                // of the program may have installed one already, which is fine.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
+            nodes.push(Node {
+                addr,
+                client,
+                conn: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            });
+        }
+        if u32::try_from(nodes.len()).is_err() {
+            return Err(Error::Config("too many nodes".into()));
+        }
+        Ok(RedisNodeCtx {
+            inner: Arc::new(Inner {
+                nodes,
+                timeout,
+                limiter: Semaphore::new(concurrency),
+                concurrency,
+                prefix: self.prefix,
+                delete: Script::new(DELETE_IF_TOKEN),
+                extend: Script::new(EXTEND_IF_TOKEN),
+            }),
+        })
+    }
+}
+
+impl RedisNodeCtx {
+    /// A builder.
+    pub fn builder() -> RedisNodeCtxBuilder {
+        RedisNodeCtxBuilder::new()
+    }
+
+    /// Node addresses in index order, printable (no passwords).
+    pub fn nodes(&self) -> impl ExactSizeIterator<Item = &NodeAddr> {
+        self.inner.nodes.iter().map(|n| &n.addr)
+    }
+
+    /// Number of nodes, N.
+    pub fn len(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    /// Always false: a context has at least one node.
+    pub fn is_empty(&self) -> bool {
+        self.inner.nodes.is_empty()
+    }
+
+    /// The per-node command timeout.
+    pub fn node_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// The concurrency limit.
+    pub fn concurrency(&self) -> usize {
+        self.inner.concurrency
+    }
+
+    /// The key as stored in Redis: prefix + key.
+    pub fn redis_key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.inner.prefix.len() + key.len());
+        k.push_str(&self.inner.prefix);
+        k.push_str(key);
+        k
+    }
+
+    /// Connects to every node now rather than on first use; returns the
+    /// per-node result. Optional: operations connect lazily.
+    pub async fn connect(&self) -> Vec<Result<(), crate::error::NodeError>> {
+        let pings = (0..self.inner.nodes.len()).map(|i| {
+            let inner = self.inner.clone();
+            async move {
+                tokio::time::timeout(inner.timeout, async {
+                    let node = &inner.nodes[i];
+                    let mut conn = node.connection(inner.timeout).await?;
+                    let r = redis::cmd("PING").query_async::<()>(&mut conn).await;
+                    node.check(&r);
+                    r
+                })
+                .await
+                .map_err(|_| crate::error::NodeError::Timeout)?
+                .map_err(|e| classify(&e).into())
+            }
+        });
+        futures::future::join_all(pings).await
+    }
+
+    /// Runs one command on one node with the limit and timeout applied.
+    /// `committed` is set once the request holds a permit: from then on it
+    /// is ahead of any later request to the same node.
+    pub(crate) fn request(&self, node: u32, cmd: Command, committed: Arc<AtomicBool>) -> BoxReply {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let Some(n) = inner.nodes.get(node as usize) else {
+                return Reply::Failed(NodeError::Other(format!(
+                    "no node {node}: there are {}",
+                    inner.nodes.len()
+                )));
+            };
+            // Waiting for a permit is not the node's fault: the timeout
+            // starts once the request may go out.
+            let Ok(_permit) = inner.limiter.acquire().await else {
+                return Reply::Failed(NodeError::Other("limiter closed".into()));
+            };
+            committed.store(true, Ordering::Release);
+            let run = async {
+                let mut conn = n.connection(inner.timeout).await?;
+                let r = cmd.run(&mut conn, &inner).await;
+                n.check(&r);
+                r
+            };
+            match tokio::time::timeout(inner.timeout, run).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    let e = classify(&e);
+                    tracing::debug!(node = %n.addr, op = cmd.name(), error = ?e, "node failed");
+                    Reply::Failed(e)
+                }
+                Err(_) => {
+                    tracing::debug!(node = %n.addr, op = cmd.name(), "node timed out");
+                    Reply::Failed(NodeError::Timeout)
+                }
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for RedisNodeCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisNodeCtx")
+            .field("nodes", &self.nodes().collect::<Vec<_>>())
+            .field("node_timeout", &self.inner.timeout)
+            .field("concurrency", &self.inner.concurrency)
+            .field("key_prefix", &self.inner.prefix)
+            .finish()
+    }
+}
+
+impl Node {
+    fn current(&self) -> Option<MultiplexedConnection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The node's connection, connecting first if there is none.
+    async fn connection(&self, timeout: Duration) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let _turn = self.connecting.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(None);
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        tracing::debug!(node = %self.addr, "connected");
+        Ok(c)
+    }
+
+    /// Drops the connection after an error that means it is broken, so the
+    /// next request reconnects. A server error reply leaves it alone.
+    fn check<T>(&self, result: &Result<T, RedisError>) {
+        if let Err(e) = result
+            && (e.is_unrecoverable_error() || e.is_io_error() || e.is_connection_dropped())
+        {
+            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+}
+
+/// Maps a redis-rs error to what the guest sees.
+fn classify(e: &RedisError) -> NodeError {
+    if let Some(code) = e.code() {
+        let text = match e.detail() {
+            Some(d) => format!("{code} {d}"),
+            None => code.to_owned(),
+        };
+        NodeError::Redis(text)
+    } else if e.is_timeout() {
+        NodeError::Timeout
+    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        NodeError::Connection(e.to_string())
+    } else {
+        NodeError::Other(e.to_string())
+    }
+}
+
+impl From<NodeError> for crate::error::NodeError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Timeout => Self::Timeout,
+            NodeError::Connection(s) => Self::Connection(s),
+            NodeError::Redis(s) => Self::Redis(s),
+            NodeError::Other(s) => Self::Other(s),
+        }
+    }
+}
+
+/// A boxed request future.
+pub(crate) type BoxReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// One of the three Redlock operations, with the key as stored in Redis.
+pub(crate) enum Command {
+    SetIfAbsent {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    },
+    DeleteIfToken {
+        key: String,
+        token: String,
+    },
+    ExtendIfToken {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    },
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::SetIfAbsent { .. } => "set-if-absent",
+            Command::DeleteIfToken { .. } => "delete-if-token",
+            Command::ExtendIfToken { .. } => "extend-if-token",
+        }
+    }
+
+    async fn run(
+        &self,
+        conn: &mut MultiplexedConnection,
+        inner: &Inner,
+    ) -> Result<Reply, RedisError> {
+        let value: Value = match self {
+            Command::SetIfAbsent { key, token, ttl_ms } => {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(*ttl_ms)
+                    .query_async(conn)
+                    .await?
+            }
+            Command::DeleteIfToken { key, token } => {
+                inner.delete.key(key).arg(token).invoke_async(conn).await?
+            }
+            Command::ExtendIfToken { key, token, ttl_ms } => {
+                inner
+                    .extend
+                    .key(key)
+                    .arg(token)
+                    .arg(*ttl_ms)
+                    .invoke_async(conn)
+                    .await?
+            }
+        };
+        Ok(match value {
+            Value::Okay | Value::Int(1) => Reply::Done,
+            Value::SimpleString(s) if s == "OK" => Reply::Done,
+            Value::Nil | Value::Int(0) => Reply::Refused,
+            other => Reply::Failed(NodeError::Other(format!(
+                "unexpected reply to {}: {other:?}",
+                self.name()
+            ))),
+        })
+    }
+}
+
+/// The host side of a `pending-reply`: the request's future until it
+/// finishes, then its reply.
+pub struct PendingReply {
+    state: ReplyState,
+    /// Deletes and extends run to the end when the guest drops them
+    /// unfinished (it returns at quorum): a script may need a second round
+    /// trip after NOSCRIPT, and an abandoned delete must not leave a key
+    /// behind.
+    finish_on_drop: bool,
+    /// Set once the request holds a permit. A SET dropped after that also
+    /// runs to the end (it is first in its node's queue, so a later cleanup
+    /// delete still follows it); one dropped before is never sent.
+    committed: Arc<AtomicBool>,
+}
+
+enum ReplyState {
+    Waiting(BoxReply),
+    Ready(Reply),
+    Gone,
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for PendingReply {
+    async fn ready(&mut self) {
+        if let ReplyState::Waiting(fut) = &mut self.state {
+            let reply = fut.await;
+            self.state = ReplyState::Ready(reply);
+        }
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        let state = std::mem::replace(&mut self.state, ReplyState::Gone);
+        if let ReplyState::Waiting(fut) = state
+            && (self.finish_on_drop || self.committed.load(Ordering::Acquire))
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(fut);
+        }
+    }
+}
+
+/// Becomes ready when the operation's cancellation token fires; never, when
+/// there is none.
+struct Cancellation(Option<CancellationToken>);
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Cancellation {
+    async fn ready(&mut self) {
+        match &self.0 {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// A borrowed view of a [`RedisNodeCtx`] and the store's resource table (the
+/// same table the WASI view returns, so `wasi:io/poll` finds our pollables),
+/// plus the running operation's cancellation token, if any.
+pub struct RedisNode<'a> {
+    ctx: &'a RedisNodeCtx,
+    table: &'a mut ResourceTable,
+    cancel: Option<&'a CancellationToken>,
+}
+
+impl<'a> RedisNode<'a> {
+    /// A view with no cancellation.
+    pub fn new(ctx: &'a RedisNodeCtx, table: &'a mut ResourceTable) -> Self {
+        Self {
+            ctx,
+            table,
+            cancel: None,
+        }
+    }
+
+    /// Sets the token whose cancellation the guest sees through
+    /// `redis-node.cancellation`.
+    pub fn with_cancellation(mut self, token: Option<&'a CancellationToken>) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    fn pending(&mut self, node: u32, cmd: Command) -> wasmtime::Result<Resource<PendingReply>> {
+        let finish_on_drop = !matches!(cmd, Command::SetIfAbsent { .. });
+        let committed = Arc::new(AtomicBool::new(false));
+        let fut = self.ctx.request(node, cmd, committed.clone());
+        Ok(self.table.push(PendingReply {
+            state: ReplyState::Waiting(fut),
+            finish_on_drop,
+            committed,
+        })?)
+    }
+}
+
+impl node::Host for RedisNode<'_> {
+    fn node_count(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.ctx.len() as u32)
+    }
+
+    fn set_if_absent(
+        &mut self,
+        node: u32,
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Resource<PendingReply>> {
+        let key = self.ctx.redis_key(&key);
+        self.pending(node, Command::SetIfAbsent { key, token, ttl_ms })
+    }
+
+    fn delete_if_token(
+        &mut self,
+        node: u32,
+        key: String,
+        token: String,
+    ) -> wasmtime::Result<Resource<PendingReply>> {
+        let key = self.ctx.redis_key(&key);
+        self.pending(node, Command::DeleteIfToken { key, token })
+    }
+
+    fn extend_if_token(
+        &mut self,
+        node: u32,
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Resource<PendingReply>> {
+        let key = self.ctx.redis_key(&key);
+        self.pending(node, Command::ExtendIfToken { key, token, ttl_ms })
+    }
+
+    fn cancellation(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
+        let c = self.table.push(Cancellation(self.cancel.cloned()))?;
+        subscribe(self.table, c)
+    }
+}
+
+impl node::HostPendingReply for RedisNode<'_> {
+    fn subscribe(
+        &mut self,
+        this: Resource<PendingReply>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        subscribe(self.table, this)
+    }
+
+    fn get(&mut self, this: Resource<PendingReply>) -> wasmtime::Result<Option<Reply>> {
+        Ok(match &self.table.get(&this)?.state {
+            ReplyState::Ready(reply) => Some(reply.clone()),
+            _ => None,
+        })
+    }
+
+    fn drop(&mut self, this: Resource<PendingReply>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+struct HasRedisNode;
+
+impl HasData for HasRedisNode {
+    type Data<'a> = RedisNode<'a>;
+}
+
+/// Adds `redlock:core/redis-node` to `linker`. `get` returns the view for a
+/// store's data; its table must be the one the store's WASI view uses.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> RedisNode<'_>,
+) -> wasmtime::Result<()> {
+    node::add_to_linker::<T, HasRedisNode>(linker, get)
+}

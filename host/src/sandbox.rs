@@ -1,0 +1,261 @@
+//! Running the lock core: one engine and one compiled component per process,
+//! a pool of warm instances, and the sandbox around every call.
+//!
+//! The guest gets no filesystem, environment, arguments, stdio or sockets:
+//! only clocks, randomness, `wasi:io/poll` and `redis-node`. Its memory is
+//! capped by [`StoreLimits`]; a runaway guest is bounded in wall-clock time
+//! (epoch interruption makes it yield, a timeout drops it). A call that trapped
+//! or was dropped throws its store away, so it cannot affect later calls; a
+//! call that returned normally puts its instance back for reuse, since the
+//! core keeps no state between calls.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder,
+};
+use wasmtime_wasi::{HostMonotonicClock, WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::{LockCore, LockCorePre};
+use crate::error::Error;
+use crate::node::{RedisNode, RedisNodeCtx};
+
+/// The lock core, compiled to wasm32-wasip2 by the build script.
+pub const CORE_WASM: &[u8] = include_bytes!(env!("REDLOCK_CORE_WASM"));
+
+/// Most instances alive at once per process (pool slots). Callers beyond it
+/// wait for a slot rather than fail.
+pub const MAX_INSTANCES: usize = 256;
+
+/// Default cap on a guest's linear memory. The core needs well under 2 MiB.
+pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+
+/// Idle warm instances kept per manager for reuse.
+const MAX_IDLE: usize = 64;
+
+/// How often the epoch ticks; a busy guest yields to the executor this often.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The process-wide runtime: engine, compiled core, instance-pre.
+pub(crate) struct Runtime {
+    engine: Engine,
+    pre: LockCorePre<HostState>,
+    slots: Arc<Semaphore>,
+}
+
+/// Per-store data: WASI (no capabilities but clocks and random), the resource
+/// table shared by WASI and `redis-node`, and the sandbox limits.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    nodes: RedisNodeCtx,
+    cancel: Option<CancellationToken>,
+    limits: StoreLimits,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A monotonic clock with one epoch for the whole process, so a lock's
+/// `expires-at` means the same in every store (wasmtime's default clock
+/// starts at zero in each store).
+struct ProcessClock;
+
+fn process_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl HostMonotonicClock for ProcessClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(process_epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Converts a guest monotonic instant back to an [`Instant`].
+pub(crate) fn instant_from_guest(ns: u64) -> Instant {
+    process_epoch() + Duration::from_nanos(ns)
+}
+
+/// Converts an [`Instant`] to a guest monotonic instant.
+pub(crate) fn guest_from_instant(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(process_epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Runtime {
+    /// The process-wide runtime, made on first use (compiling the core, or
+    /// loading it from wasmtime's on-disk cache).
+    pub(crate) fn get() -> Result<&'static Runtime, Error> {
+        static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+        RUNTIME
+            .get_or_init(|| Runtime::new(CORE_WASM).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| Error::Core(e.clone()))
+    }
+
+    fn new(wasm: &[u8]) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_INSTANCES as u32)
+            .total_core_instances(4 * MAX_INSTANCES as u32)
+            .total_memories(2 * MAX_INSTANCES as u32)
+            .total_tables(4 * MAX_INSTANCES as u32)
+            .max_memory_size(256 << 20)
+            .max_unused_warm_slots(MAX_IDLE as u32);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // A compiled core is cached on disk (keyed by the wasm, wasmtime's
+        // version and this config), so a CLI start skips Cranelift.
+        if let Ok(cache) = Cache::new(CacheConfig::new()) {
+            config.cache(Some(cache));
+        }
+        let engine = Engine::new(&config)?;
+        start_epoch_ticker(&engine);
+        let component = Component::new(&engine, wasm)?;
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        crate::node::add_to_linker(&mut linker, |s: &mut HostState| {
+            RedisNode::new(&s.nodes, &mut s.table).with_cancellation(s.cancel.as_ref())
+        })?;
+        let pre = LockCorePre::new(linker.instantiate_pre(&component)?)?;
+        Ok(Runtime {
+            engine,
+            pre,
+            slots: Arc::new(Semaphore::new(MAX_INSTANCES)),
+        })
+    }
+}
+
+fn start_epoch_ticker(engine: &Engine) {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("redlock-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn the epoch ticker thread");
+}
+
+/// Warm instances for one manager, plus its store settings.
+pub(crate) struct InstancePool {
+    nodes: RedisNodeCtx,
+    memory_limit: AtomicUsize,
+    idle: Mutex<Vec<Warm>>,
+}
+
+/// An instance with its store.
+pub(crate) struct Warm {
+    pub(crate) store: Store<HostState>,
+    pub(crate) core: LockCore,
+    memory_limit: usize,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl InstancePool {
+    pub(crate) fn new(nodes: RedisNodeCtx, memory_limit: usize) -> Self {
+        Self {
+            nodes,
+            memory_limit: AtomicUsize::new(memory_limit),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sets the memory cap for instances made from now on, and drops idle
+    /// instances made with another cap.
+    pub(crate) fn set_memory_limit(&self, bytes: usize) {
+        self.memory_limit.store(bytes, Ordering::SeqCst);
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|w| w.memory_limit == bytes);
+    }
+
+    /// A warm instance ready for one call, with `cancel` visible to it.
+    pub(crate) async fn checkout(&self, cancel: Option<&CancellationToken>) -> Result<Warm, Error> {
+        let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut warm = match reused {
+            Some(w) => w,
+            None => self.instantiate().await?,
+        };
+        warm.store.data_mut().cancel = cancel.cloned();
+        Ok(warm)
+    }
+
+    /// Returns an instance whose last call finished normally.
+    pub(crate) fn checkin(&self, mut warm: Warm) {
+        warm.store.data_mut().cancel = None;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE && warm.memory_limit == self.memory_limit.load(Ordering::SeqCst) {
+            idle.push(warm);
+        }
+    }
+
+    async fn instantiate(&self) -> Result<Warm, Error> {
+        let rt = Runtime::get()?;
+        let slot = rt
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Core("instance slots closed".into()))?;
+        let wasi = wasmtime_wasi::WasiCtx::builder()
+            .monotonic_clock(ProcessClock)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let memory_limit = self.memory_limit.load(Ordering::SeqCst);
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_limit)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            nodes: self.nodes.clone(),
+            cancel: None,
+            limits,
+        };
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+        let core = rt
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Error::Core(format!("instantiate: {e:#}")))?;
+        Ok(Warm {
+            store,
+            core,
+            memory_limit,
+            _slot: slot,
+        })
+    }
+}

@@ -1,0 +1,237 @@
+//! Dead, paused and cancelled: the lock under the simplest real faults.
+
+use std::time::{Duration, Instant};
+
+use redlock_wasm::{AcquireOptions, CancellationToken, Error, NodeError, Outcome, Redlock};
+
+use crate::support::{Cluster, eventually, key};
+
+const TTL: Duration = Duration::from_secs(10);
+const NODE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Scheduling slack allowed over a deadline on a busy 2-core machine.
+const SLACK: Duration = Duration::from_millis(300);
+
+fn manager(c: &Cluster) -> Redlock {
+    Redlock::builder()
+        .nodes(c.urls())
+        .ttl(TTL)
+        .node_timeout(NODE_TIMEOUT)
+        .build()
+        .unwrap()
+}
+
+/// With 1 of 5 nodes killed, acquire and release still succeed.
+#[tokio::test]
+async fn one_of_five_killed_still_locks() {
+    let mut c = Cluster::start(5);
+    let r = manager(&c);
+    let k = key("one-dead");
+    // Connect first, so the kill breaks an established connection.
+    assert!(r.connect().await.iter().all(|x| x.is_ok()));
+    c.nodes[2].kill();
+    for _ in 0..5 {
+        let lock = r
+            .acquire(&k, Duration::from_secs(2))
+            .await
+            .expect("4 of 5 is a quorum");
+        eventually("SET on the 4 live nodes", || {
+            c.holding(&k, lock.token()) == 4
+        })
+        .await;
+        r.release(&lock).await.expect("release on 4 of 5");
+        eventually("no key left", || c.with_key(&k) == 0).await;
+    }
+}
+
+/// With 3 of 5 killed, acquire fails inside its budget and leaves nothing.
+#[tokio::test]
+async fn three_of_five_killed_fails_in_time_and_cleans_up() {
+    let mut c = Cluster::start(5);
+    let r = manager(&c);
+    let k = key("three-dead");
+    for i in [0, 2, 4] {
+        c.nodes[i].kill();
+    }
+    let budget = Duration::from_millis(800);
+    let start = Instant::now();
+    let err = r.acquire(&k, budget).await.unwrap_err();
+    let took = start.elapsed();
+    let Error::UnableToAcquire(f) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(took <= budget + SLACK, "took {took:?}");
+    assert!(f.attempts > 1, "it retried: {err}");
+    for i in [0, 2, 4] {
+        assert!(
+            matches!(f.nodes[i].outcome, Outcome::Failed(_) | Outcome::NoReply),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        c.with_key(&k),
+        0,
+        "partial keys released before acquire returned"
+    );
+}
+
+/// A SIGSTOPped node delays an acquire by no more than the per-node timeout
+/// (in fact not at all: the quorum decides without it).
+#[tokio::test]
+async fn paused_node_does_not_stall_acquire() {
+    let c = Cluster::start(5);
+    let r = manager(&c);
+    let k = key("paused");
+    assert!(r.connect().await.iter().all(|x| x.is_ok()));
+    c.nodes[1].pause();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let lock = r
+            .acquire(&k, Duration::from_secs(2))
+            .await
+            .expect("acquire");
+        assert!(
+            start.elapsed() <= NODE_TIMEOUT + SLACK,
+            "{:?}",
+            start.elapsed()
+        );
+        r.release(&lock).await.unwrap();
+    }
+    c.nodes[1].resume();
+    // The paused node got the SETs late; each was followed by its delete on
+    // the same connection, so it ends up empty too.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("no key left", || c.with_key(&k) == 0).await;
+}
+
+/// Timeouts are reported per node when a quorum is missing.
+#[tokio::test]
+async fn paused_majority_reports_timeouts() {
+    let c = Cluster::start(3);
+    let r = manager(&c);
+    let k = key("paused-majority");
+    assert!(r.connect().await.iter().all(|x| x.is_ok()));
+    c.nodes[0].pause();
+    c.nodes[1].pause();
+    let opts = AcquireOptions::new().retry_count(0);
+    let err = r
+        .acquire_with(&k, Duration::from_secs(1), opts)
+        .await
+        .unwrap_err();
+    let Error::UnableToAcquire(f) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        f.nodes[0].outcome,
+        Outcome::Failed(NodeError::Timeout),
+        "{err}"
+    );
+    assert!(err.to_string().contains("timed out"), "{err}");
+    c.nodes[0].resume();
+    c.nodes[1].resume();
+}
+
+/// The deadline is respected while the key is held by someone else.
+#[tokio::test]
+async fn deadline_is_respected() {
+    let c = Cluster::start(5);
+    let r = manager(&c);
+    let k = key("deadline");
+    let holder = r.acquire(&k, Duration::from_secs(2)).await.unwrap();
+    for budget_ms in [1, 20, 150, 400] {
+        let budget = Duration::from_millis(budget_ms);
+        let start = Instant::now();
+        let err = r.acquire(&k, budget).await.unwrap_err();
+        assert!(matches!(err, Error::UnableToAcquire(_)), "{err:?}");
+        assert!(
+            start.elapsed() <= budget + SLACK,
+            "{budget:?}: {:?}",
+            start.elapsed()
+        );
+    }
+    r.release(&holder).await.unwrap();
+}
+
+/// Cancelling through a token stops promptly and deletes what was set.
+#[tokio::test]
+async fn cancellation_token_stops_and_cleans_up() {
+    let c = Cluster::start(5);
+    let r = manager(&c);
+    let k = key("cancel");
+    // Another client holds 3 nodes: every attempt wins 2, fails, cleans up,
+    // pauses and retries until cancelled.
+    for n in &c.nodes[2..] {
+        n.set(&k, "someone-else", 60_000);
+    }
+    let token = CancellationToken::new();
+    let opts = AcquireOptions::new().cancel_on(token.clone());
+    let canceller = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            token.cancel();
+        })
+    };
+    let start = Instant::now();
+    let err = r
+        .acquire_with(&k, Duration::from_secs(10), opts)
+        .await
+        .unwrap_err();
+    canceller.await.unwrap();
+    assert!(matches!(err, Error::Cancelled), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(120) + SLACK,
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(c.nodes[0].get(&k), None);
+    assert_eq!(c.nodes[1].get(&k), None);
+    assert_eq!(c.with_key(&k), 3, "the other client's keys are untouched");
+}
+
+/// Dropping an acquire future stops at once; what it set expires with the TTL.
+#[tokio::test]
+async fn dropped_acquire_leaves_at_most_expiring_keys() {
+    let c = Cluster::start(3);
+    let r = manager(&c);
+    let k = key("dropped");
+    c.nodes[2].pause();
+    let ttl = Duration::from_millis(300);
+    let opts = AcquireOptions::new().ttl(ttl);
+    // Two nodes grant quickly, so this would succeed; drop it mid-flight.
+    let _ = tokio::time::timeout(
+        Duration::from_micros(1),
+        r.acquire_with(&k, Duration::from_secs(1), opts),
+    )
+    .await;
+    c.nodes[2].resume();
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    eventually("everything expired with the TTL", || c.with_key(&k) == 0).await;
+    // The manager still works after a dropped call.
+    let lock = r.acquire(&k, Duration::from_secs(1)).await.unwrap();
+    r.release(&lock).await.unwrap();
+}
+
+/// A lock whose validity has passed reports itself lost on extend, and a
+/// late release does not delete the successor's key.
+#[tokio::test]
+async fn holder_that_outlives_validity() {
+    let c = Cluster::start(3);
+    let r = manager(&c);
+    let k = key("outlived");
+    let short = AcquireOptions::new().ttl(Duration::from_millis(100));
+    let old = r
+        .acquire_with(&k, Duration::from_secs(1), short)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let successor = r.acquire(&k, Duration::from_secs(1)).await.unwrap();
+
+    let err = r.extend(&old, TTL).await.unwrap_err();
+    let Error::LockLost(f) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(f.attempts, 0, "validity over: decided without I/O");
+    assert!(r.release(&old).await.is_err(), "the old token is gone");
+    eventually("successor intact", || c.holding(&k, successor.token()) == 3).await;
+    r.release(&successor).await.unwrap();
+}
