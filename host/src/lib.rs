@@ -23,6 +23,8 @@
 //! - [`node`]: the `redis-node` capability (connections, per-node timeout,
 //!   concurrency limit, Lua scripts), reusable by any wasmtime embedder.
 //! - [`addr`]: node URLs, printable without passwords.
+//! - [`local`]: local `redis-server` processes for the demo and the tests.
+//! - [`signal`]: sending signals to processes (the CLI, the tests).
 //! - `sandbox`: the engine, the compiled core, warm instances and limits.
 //! - `bindings`: the one `bindgen!` of `wit/redlock.wit`.
 
@@ -31,9 +33,11 @@
 pub mod addr;
 mod bindings;
 pub mod error;
+pub mod local;
 pub mod lock;
 pub mod node;
 mod sandbox;
+pub mod signal;
 
 pub use addr::NodeAddr;
 pub use error::{Error, NodeError, NodeOutcome, Outcome, QuorumFailure};

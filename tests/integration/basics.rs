@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use redlock_wasm::{Error, Lock, Outcome, Redlock};
 
-use crate::support::{Cluster, eventually, key};
+use crate::support::{Cluster, Inspect, eventually, key};
 
 const TTL: Duration = Duration::from_secs(10);
 const WAIT: Duration = Duration::from_secs(2);

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use redlock_wasm::{AcquireOptions, CancellationToken, Error, NodeError, Outcome, Redlock};
 
-use crate::support::{Cluster, eventually, key};
+use crate::support::{Cluster, Inspect, eventually, key};
 
 const TTL: Duration = Duration::from_secs(10);
 const NODE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -82,7 +82,7 @@ async fn paused_node_does_not_stall_acquire() {
     let r = manager(&c);
     let k = key("paused");
     assert!(r.connect().await.iter().all(|x| x.is_ok()));
-    c.nodes[1].pause();
+    c.nodes[1].pause().unwrap();
     for _ in 0..5 {
         let start = Instant::now();
         let lock = r
@@ -96,7 +96,7 @@ async fn paused_node_does_not_stall_acquire() {
         );
         r.release(&lock).await.unwrap();
     }
-    c.nodes[1].resume();
+    c.nodes[1].resume().unwrap();
     // The paused node got the SETs late; each was followed by its delete on
     // the same connection, so it ends up empty too.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -110,8 +110,8 @@ async fn paused_majority_reports_timeouts() {
     let r = manager(&c);
     let k = key("paused-majority");
     assert!(r.connect().await.iter().all(|x| x.is_ok()));
-    c.nodes[0].pause();
-    c.nodes[1].pause();
+    c.nodes[0].pause().unwrap();
+    c.nodes[1].pause().unwrap();
     let opts = AcquireOptions::new().retry_count(0);
     let err = r
         .acquire_with(&k, Duration::from_secs(1), opts)
@@ -126,8 +126,8 @@ async fn paused_majority_reports_timeouts() {
         "{err}"
     );
     assert!(err.to_string().contains("timed out"), "{err}");
-    c.nodes[0].resume();
-    c.nodes[1].resume();
+    c.nodes[0].resume().unwrap();
+    c.nodes[1].resume().unwrap();
 }
 
 /// The deadline is respected while the key is held by someone else.
@@ -194,7 +194,7 @@ async fn dropped_acquire_leaves_at_most_expiring_keys() {
     let c = Cluster::start(3);
     let r = manager(&c);
     let k = key("dropped");
-    c.nodes[2].pause();
+    c.nodes[2].pause().unwrap();
     let ttl = Duration::from_millis(300);
     let opts = AcquireOptions::new().ttl(ttl);
     // Two nodes grant quickly, so this would succeed; drop it mid-flight.
@@ -203,7 +203,7 @@ async fn dropped_acquire_leaves_at_most_expiring_keys() {
         r.acquire_with(&k, Duration::from_secs(1), opts),
     )
     .await;
-    c.nodes[2].resume();
+    c.nodes[2].resume().unwrap();
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     eventually("everything expired with the TTL", || c.with_key(&k) == 0).await;
     // The manager still works after a dropped call.
