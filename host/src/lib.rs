@@ -42,6 +42,6 @@ pub mod signal;
 pub use addr::NodeAddr;
 pub use error::{Error, NodeError, NodeOutcome, Outcome, QuorumFailure};
 pub use lock::{AcquireOptions, Deadline, Lock, Redlock, RedlockBuilder};
-pub use node::{RedisNode, RedisNodeCtx, RedisNodeCtxBuilder, add_to_linker};
+pub use node::{KeyState, RedisNode, RedisNodeCtx, RedisNodeCtxBuilder, add_to_linker};
 pub use sandbox::CORE_WASM;
 pub use tokio_util::sync::CancellationToken;

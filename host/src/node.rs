@@ -89,6 +89,15 @@ enum NodeSpec {
     Client(Box<redis::Client>),
 }
 
+/// What one node holds for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyState {
+    /// The value (a lock token), if the key exists.
+    pub holder: Option<String>,
+    /// Remaining TTL, if the key exists and has one.
+    pub ttl: Option<Duration>,
+}
+
 /// Builder-style structure used to create a [`RedisNodeCtx`].
 #[derive(Default)]
 pub struct RedisNodeCtxBuilder {
@@ -268,6 +277,39 @@ impl RedisNodeCtx {
             }
         });
         futures::future::join_all(pings).await
+    }
+
+    /// What every node holds for `key` right now (value and remaining TTL),
+    /// read-only, for status displays. Not part of the algorithm.
+    pub async fn inspect(&self, key: &str) -> Vec<Result<KeyState, crate::error::NodeError>> {
+        let key = self.redis_key(key);
+        let reads = (0..self.inner.nodes.len()).map(|i| {
+            let (inner, key) = (self.inner.clone(), key.clone());
+            async move {
+                let node = &inner.nodes[i];
+                let read = async {
+                    let mut conn = node.connection(inner.timeout).await?;
+                    let r = redis::pipe()
+                        .cmd("GET")
+                        .arg(&key)
+                        .cmd("PTTL")
+                        .arg(&key)
+                        .query_async::<(Option<String>, i64)>(&mut conn)
+                        .await;
+                    node.check(&r);
+                    r
+                };
+                let (holder, pttl) = tokio::time::timeout(inner.timeout, read)
+                    .await
+                    .map_err(|_| crate::error::NodeError::Timeout)?
+                    .map_err(|e| crate::error::NodeError::from(classify(&e)))?;
+                Ok(KeyState {
+                    holder,
+                    ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+                })
+            }
+        });
+        futures::future::join_all(reads).await
     }
 
     /// Runs one command on one node with the limit and timeout applied.

@@ -1,0 +1,208 @@
+//! The command line.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Hold a Redis Redlock (N independent Redis nodes) around a command: for a
+/// fleet what flock(1) does for one machine.
+#[derive(Debug, Parser)]
+#[command(name = "redlock", version, propagate_version = true)]
+#[command(after_help = "\
+Exit codes: the command's own code for `run`; 75 lock not acquired; \
+76 lock lost while the command ran; 2 bad usage or configuration; \
+1 other failures; 126 / 127 the command could not be run.
+
+Examples:
+  redlock demo
+  redlock --node redis://10.0.0.1 --node redis://10.0.0.2 --node redis://10.0.0.3 \\
+      run --key nightly-backup --ttl 60s -- ./backup.sh
+  REDLOCK_NODES=redis://a,redis://b,redis://c redlock status --key nightly-backup")]
+pub struct Cli {
+    /// More logging: -v for details of each node's replies, -vv for everything.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Acquire the lock, run a command while holding it, release it after.
+    ///
+    /// Waits up to --wait for the lock. While the command runs, the lock is
+    /// extended in the background well before its validity ends. If an
+    /// extension fails (the lock is lost), the command gets SIGTERM, then
+    /// SIGKILL after --grace, and redlock exits 76. SIGINT and SIGTERM sent
+    /// to redlock are forwarded to the command. The lock is released on
+    /// every exit path.
+    ///
+    /// Example: redlock --node redis://a --node redis://b --node redis://c run --key nightly -- ./job.sh
+    Run(RunArgs),
+    /// Acquire the lock and print its token (for scripts).
+    ///
+    /// Example: token=$(redlock acquire --key deploy --ttl 5m)
+    Acquire(AcquireArgs),
+    /// Release a lock by its token.
+    ///
+    /// Example: redlock release --key deploy --token "$token"
+    Release(TokenArgs),
+    /// Extend a lock by its token to a new TTL.
+    ///
+    /// Example: redlock extend --key deploy --token "$token" --ttl 5m
+    Extend(ExtendArgs),
+    /// Show, per node, whether it is reachable and who holds the key.
+    ///
+    /// Example: redlock status --key nightly-backup
+    Status(StatusArgs),
+    /// Start local Redis nodes and let workers contend for one lock.
+    ///
+    /// With no --node it starts --nodes local redis-server processes on free
+    /// loopback ports (stopped at the end). Workers take the lock, update a
+    /// shared counter by read-pause-write, and release; any overlap would
+    /// show as a lost update. Prints a summary with acquire latencies.
+    ///
+    /// Example: redlock demo --workers 16 --duration 10s --kill-node
+    Demo(DemoArgs),
+}
+
+/// Where the nodes are.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// A Redis node URL: redis://[user:password@]host[:port][/db], or
+    /// rediss:// for TLS. Repeat for each node (3 or 5 is usual).
+    #[arg(long = "node", value_name = "URL", global = true)]
+    pub node: Vec<String>,
+
+    /// Per-node command timeout.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = duration, global = true)]
+    pub node_timeout: Duration,
+}
+
+impl NodeArgs {
+    /// --node flags, else REDLOCK_NODES (comma-separated).
+    pub fn urls(&self) -> Vec<String> {
+        if !self.node.is_empty() {
+            return self.node.clone();
+        }
+        std::env::var("REDLOCK_NODES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub nodes: NodeArgs,
+    /// The lock's key (the same on every host that must exclude each other).
+    #[arg(long, short)]
+    pub key: String,
+    /// Lock TTL; extended while the command runs.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub ttl: Duration,
+    /// How long to wait for the lock before giving up with exit code 75.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub wait: Duration,
+    /// After SIGTERM on lock loss, how long before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub grace: Duration,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct AcquireArgs {
+    #[command(flatten)]
+    pub nodes: NodeArgs,
+    /// The lock's key.
+    #[arg(long, short)]
+    pub key: String,
+    /// Lock TTL.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub ttl: Duration,
+    /// How long to wait for the lock.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub wait: Duration,
+    /// Print key, token and validity_ms as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub nodes: NodeArgs,
+    /// The lock's key.
+    #[arg(long, short)]
+    pub key: String,
+    /// The token `acquire` printed.
+    #[arg(long, short)]
+    pub token: String,
+    /// How long to try.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    pub wait: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    #[command(flatten)]
+    pub nodes: NodeArgs,
+    /// The lock's key.
+    #[arg(long, short)]
+    pub key: String,
+    /// The token `acquire` printed.
+    #[arg(long, short)]
+    pub token: String,
+    /// The new TTL, from now.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub ttl: Duration,
+    /// How long to try.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    pub wait: Duration,
+    /// Print key and validity_ms as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub nodes: NodeArgs,
+    /// The lock's key.
+    #[arg(long, short)]
+    pub key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub nodes: NodeArgs,
+    /// Local nodes to start when no --node is given.
+    #[arg(long = "nodes", value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=15))]
+    pub local_nodes: u32,
+    /// Workers contending for the lock.
+    #[arg(long, short, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: u32,
+    /// How long the workers run.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub duration: Duration,
+    /// Kill one node half-way through to show the lock keeps working.
+    #[arg(long)]
+    pub kill_node: bool,
+    /// The key the workers contend for.
+    #[arg(long, short, default_value = "redlock-demo")]
+    pub key: String,
+}
+
+/// Parses "30s", "500ms", "2m", "1h 30m".
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
+}
