@@ -435,6 +435,13 @@ impl Redlock {
         self.inner.pool.set_memory_limit(bytes);
     }
 
+    /// Waits, at most `within`, for commands still going to slower nodes
+    /// after operations returned at quorum. Call it before a short-lived
+    /// process exits, so every node sees the last release or extend.
+    pub async fn settle(&self, within: Duration) {
+        self.inner.nodes.settle(within).await;
+    }
+
     /// Connects to every node now instead of on first use. Optional.
     pub async fn connect(&self) -> Vec<Result<(), NodeError>> {
         self.inner.nodes.connect().await

@@ -21,6 +21,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, Script, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
@@ -69,6 +70,8 @@ struct Inner {
     prefix: String,
     delete: Script,
     extend: Script,
+    /// Requests the guest stopped waiting for, finishing in the background.
+    background: TaskTracker,
 }
 
 struct Node {
@@ -214,6 +217,7 @@ impl RedisNodeCtxBuilder {
                 prefix: self.prefix,
                 delete: Script::new(DELETE_IF_TOKEN),
                 extend: Script::new(EXTEND_IF_TOKEN),
+                background: TaskTracker::new(),
             }),
         })
     }
@@ -277,6 +281,17 @@ impl RedisNodeCtx {
             }
         });
         futures::future::join_all(pings).await
+    }
+
+    /// Waits, at most `within`, for requests still running in the
+    /// background: operations return at quorum, and the commands to slower
+    /// nodes finish after. A short-lived process calls this before it exits
+    /// so that every node, not just a quorum, sees its release.
+    pub async fn settle(&self, within: Duration) {
+        let t = &self.inner.background;
+        t.close();
+        let _ = tokio::time::timeout(within, t.wait()).await;
+        t.reopen();
     }
 
     /// What every node holds for `key` right now (value and remaining TTL),
@@ -380,10 +395,29 @@ impl Node {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(None);
-        let c = self
+        let mut c = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        // Load the scripts now, so EVALSHA finds them: the NOSCRIPT
+        // fallback needs a second round trip, which a request that timed
+        // out (a paused node) would never make. An ACL user without SCRIPT
+        // is refused here; then the fallback does the work.
+        let load = redis::pipe()
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(DELETE_IF_TOKEN)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(EXTEND_IF_TOKEN)
+            .query_async::<(String, String)>(&mut c)
+            .await;
+        if let Err(e) = load {
+            if e.is_io_error() || e.is_connection_dropped() {
+                return Err(e);
+            }
+            tracing::debug!(node = %self.addr, error = %e, "SCRIPT LOAD refused");
+        }
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
         tracing::debug!(node = %self.addr, "connected");
         Ok(c)
@@ -512,6 +546,8 @@ pub struct PendingReply {
     /// runs to the end (it is first in its node's queue, so a later cleanup
     /// delete still follows it); one dropped before is never sent.
     committed: Arc<AtomicBool>,
+    /// Where requests finishing in the background are tracked.
+    background: TaskTracker,
 }
 
 enum ReplyState {
@@ -537,7 +573,7 @@ impl Drop for PendingReply {
             && (self.finish_on_drop || self.committed.load(Ordering::Acquire))
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            rt.spawn(fut);
+            self.background.spawn_on(fut, &rt);
         }
     }
 }
@@ -590,6 +626,7 @@ impl<'a> RedisNode<'a> {
             state: ReplyState::Waiting(fut),
             finish_on_drop,
             committed,
+            background: self.ctx.inner.background.clone(),
         })?)
     }
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod basics;
+mod cli;
 mod faults;
 mod input;
 mod sandbox;

@@ -14,7 +14,6 @@ mod status;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
 use redlock_wasm::{Lock, Redlock};
 
@@ -47,7 +46,16 @@ fn main() -> ExitCode {
         }
     };
     let verbose = cli.verbose;
-    match rt.block_on(dispatch(cli)) {
+    let result = rt.block_on(async {
+        let result = dispatch(cli).await;
+        // Operations return at quorum; let the slower nodes' commands finish
+        // before the process (and its runtime) goes away.
+        for r in SETTLE.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            r.settle(Duration::from_secs(1)).await;
+        }
+        result
+    });
+    match result {
         Ok(Exit(code)) => ExitCode::from(code),
         Err(f) => report(f, verbose),
     }
@@ -130,6 +138,9 @@ async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
     }
 }
 
+/// Managers to settle before exit.
+static SETTLE: std::sync::Mutex<Vec<Redlock>> = std::sync::Mutex::new(Vec::new());
+
 /// A manager from the node flags; none given is a usage error.
 pub(crate) fn manager(nodes: &NodeArgs, ttl: Duration) -> Result<Redlock, Failure> {
     let urls = nodes.urls();
@@ -138,11 +149,15 @@ pub(crate) fn manager(nodes: &NodeArgs, ttl: Duration) -> Result<Redlock, Failur
             "no Redis nodes: pass --node redis://HOST:PORT (repeatable) or set REDLOCK_NODES=url,url,..."
         )));
     }
-    Redlock::builder()
+    let r = Redlock::builder()
         .nodes(urls)
         .ttl(ttl)
         .node_timeout(nodes.node_timeout)
         .build()
-        .context("configure the lock")
-        .map_err(Failure::from_config)
+        .map_err(Failure::from_lock_error)?;
+    SETTLE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(r.clone());
+    Ok(r)
 }
