@@ -155,7 +155,7 @@ fn sigterm_is_forwarded_and_the_lock_released() {
     let status = child.wait().unwrap();
     assert_eq!(
         status.code(),
-        Some(128 + libc::SIGTERM as i32),
+        Some(128 + libc::SIGTERM),
         "sleep died of SIGTERM"
     );
     assert!(start.elapsed() < Duration::from_secs(5));

@@ -50,7 +50,8 @@ fn main() -> ExitCode {
         let result = dispatch(cli).await;
         // Operations return at quorum; let the slower nodes' commands finish
         // before the process (and its runtime) goes away.
-        for r in SETTLE.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        let managers = std::mem::take(&mut *SETTLE.lock().unwrap_or_else(|e| e.into_inner()));
+        for r in managers {
             r.settle(Duration::from_secs(1)).await;
         }
         result
