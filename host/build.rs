@@ -18,7 +18,14 @@ fn main() {
         .to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
 
-    for path in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
+    for path in [
+        "guest/src",
+        "guest/Cargo.toml",
+        "tests/hostile-guest/src",
+        "tests/hostile-guest/Cargo.toml",
+        "wit",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     println!("cargo:rerun-if-env-changed=REDLOCK_CORE_PROFILE");
@@ -31,11 +38,13 @@ fn main() {
     cmd.current_dir(&root)
         .args([
             "build",
-            "--package",
-            "redlock-core",
             "--target",
             "wasm32-wasip2",
+            "--package",
+            "redlock-core",
         ])
+        // A core that misbehaves on purpose, for the sandbox tests (tiny).
+        .args(["--package", "hostile-core"])
         .arg("--profile")
         .arg(&profile)
         .arg("--target-dir")
@@ -67,11 +76,16 @@ fn main() {
     } else {
         profile.as_str()
     };
-    let wasm = target_dir
-        .join("wasm32-wasip2")
-        .join(dir)
-        .join("redlock_core.wasm");
-    let copy = out_dir.join("redlock_core.wasm");
-    std::fs::copy(&wasm, &copy).unwrap_or_else(|e| panic!("copy {}: {e}", wasm.display()));
-    println!("cargo:rustc-env=REDLOCK_CORE_WASM={}", copy.display());
+    for (crate_name, var) in [
+        ("redlock_core", "REDLOCK_CORE_WASM"),
+        ("hostile_core", "REDLOCK_HOSTILE_CORE_WASM"),
+    ] {
+        let wasm = target_dir
+            .join("wasm32-wasip2")
+            .join(dir)
+            .join(format!("{crate_name}.wasm"));
+        let copy = out_dir.join(format!("{crate_name}.wasm"));
+        std::fs::copy(&wasm, &copy).unwrap_or_else(|e| panic!("copy {}: {e}", wasm.display()));
+        println!("cargo:rustc-env={var}={}", copy.display());
+    }
 }

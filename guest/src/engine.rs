@@ -193,13 +193,16 @@ fn round<N: Nodes>(nodes: &mut N, op: &Op<'_>, until_ns: u64, until: Until) -> R
 /// Deletes `key` wherever it holds `token`, waiting for every node until
 /// `until_ns`. Used after a failed or cancelled acquire: a node that seemed
 /// to fail may still have executed the SET, so every node is asked.
-fn clean_up<N: Nodes>(nodes: &mut N, key: &str, token: &str, until_ns: u64) {
-    round(
+/// Returns true when a cancellation arrived meanwhile (it is reported only
+/// once, so the caller must act on it).
+fn clean_up<N: Nodes>(nodes: &mut N, key: &str, token: &str, until_ns: u64) -> bool {
+    let r = round(
         nodes,
         &Op::DeleteIfToken { key, token },
         until_ns,
         Until::AllAnswered,
     );
+    r.end == End::Cancelled
 }
 
 fn deadline_after<N: Nodes>(nodes: &mut N, budget_ms: u64) -> u64 {
@@ -260,7 +263,14 @@ pub fn acquire<N: Nodes>(
             }
             End::Impossible | End::DeadlinePassed => {}
         }
-        clean_up(nodes, key, &token, deadline);
+        if clean_up(nodes, key, &token, deadline) {
+            // Cancelled while cleaning up: finish the cleanup, briefly.
+            let soon = nodes
+                .now_ns()
+                .saturating_add(options::CANCEL_CLEANUP_MS * NS_PER_MS);
+            clean_up(nodes, key, &token, deadline.min(soon));
+            return Err(Error::Cancelled);
+        }
         if reported.is_none() || r.outcomes.iter().any(|o| *o != Outcome::NoReply) {
             reported = Some(r.outcomes);
         }

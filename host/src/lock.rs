@@ -256,6 +256,7 @@ pub struct RedlockBuilder {
     defaults: AcquireOptions,
     release_budget: Duration,
     memory_limit: usize,
+    core: Option<Vec<u8>>,
 }
 
 impl RedlockBuilder {
@@ -340,6 +341,14 @@ impl RedlockBuilder {
         self
     }
 
+    /// Runs another build of the lock core: any component of the
+    /// `lock-core` world in `wit/redlock.wit`. The default is the core
+    /// embedded in this crate ([`CORE_WASM`](crate::CORE_WASM)).
+    pub fn core(mut self, wasm: impl Into<Vec<u8>>) -> Self {
+        self.core = Some(wasm.into());
+        self
+    }
+
     /// Checks everything that can be checked without I/O and loads the lock
     /// core (compiled once per process, cached on disk across processes).
     pub fn build(self) -> Result<Redlock, Error> {
@@ -347,10 +356,13 @@ impl RedlockBuilder {
         if self.release_budget.is_zero() {
             return Err(Error::Config("release budget must be above zero".into()));
         }
-        sandbox::Runtime::get()?;
+        let runtime = match &self.core {
+            Some(wasm) => sandbox::Runtime::for_core(wasm)?,
+            None => sandbox::Runtime::get()?,
+        };
         Ok(Redlock {
             inner: Arc::new(Shared {
-                pool: InstancePool::new(nodes.clone(), self.memory_limit),
+                pool: InstancePool::new(runtime, nodes.clone(), self.memory_limit),
                 nodes,
                 defaults: self.defaults,
                 release_budget: self.release_budget,
@@ -420,6 +432,7 @@ impl Redlock {
             defaults: AcquireOptions::default(),
             release_budget: DEFAULT_RELEASE_BUDGET,
             memory_limit: sandbox::DEFAULT_MEMORY_LIMIT,
+            core: None,
         }
     }
 

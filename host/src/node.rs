@@ -349,7 +349,19 @@ impl RedisNodeCtx {
                 let mut conn = n.connection(inner.timeout).await?;
                 let r = cmd.run(&mut conn, &inner).await;
                 n.check(&r);
-                r
+                match r {
+                    // The connection had died (a restarted node): retry once
+                    // on a new one. Safe even if the first try ran: a second
+                    // SET NX of our token is refused, a second compare-and-
+                    // delete finds nothing, a second extend extends again.
+                    Err(e) if e.is_connection_dropped() => {
+                        let mut conn = n.connection(inner.timeout).await?;
+                        let r = cmd.run(&mut conn, &inner).await;
+                        n.check(&r);
+                        r
+                    }
+                    r => r,
+                }
             };
             match tokio::time::timeout(inner.timeout, run).await {
                 Ok(Ok(reply)) => reply,

@@ -36,6 +36,10 @@ pub const MAX_INSTANCES: usize = 256;
 /// Default cap on a guest's linear memory. The core needs well under 2 MiB.
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
 
+/// Most live resources (pending replies, pollables) one call may hold. A
+/// call needs about 2 per node.
+const MAX_RESOURCES: usize = 4096;
+
 /// Idle warm instances kept per manager for reuse.
 const MAX_IDLE: usize = 64;
 
@@ -99,17 +103,40 @@ pub(crate) fn guest_from_instant(at: Instant) -> u64 {
 }
 
 impl Runtime {
-    /// The process-wide runtime, made on first use (compiling the core, or
-    /// loading it from wasmtime's on-disk cache).
+    /// The process-wide runtime for the built-in core, made on first use
+    /// (compiling the core, or loading it from wasmtime's on-disk cache).
     pub(crate) fn get() -> Result<&'static Runtime, Error> {
-        static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+        static RUNTIME: OnceLock<Result<&'static Runtime, String>> = OnceLock::new();
         RUNTIME
-            .get_or_init(|| Runtime::new(CORE_WASM).map_err(|e| format!("{e:#}")))
-            .as_ref()
-            .map_err(|e| Error::Core(e.clone()))
+            .get_or_init(|| Runtime::for_core(CORE_WASM).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(Error::Core)
     }
 
-    fn new(wasm: &[u8]) -> anyhow::Result<Runtime> {
+    /// The runtime for another build of the lock core (any component of
+    /// the `lock-core` world), made once per distinct binary.
+    pub(crate) fn for_core(wasm: &[u8]) -> Result<&'static Runtime, Error> {
+        static CORES: Mutex<Vec<(Vec<u8>, &'static Runtime)>> = Mutex::new(Vec::new());
+        let mut cores = CORES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, rt)) = cores.iter().find(|(w, _)| w.as_slice() == wasm) {
+            return Ok(rt);
+        }
+        let rt: &'static Runtime = Box::leak(Box::new(
+            Runtime::new(wasm).map_err(|e| Error::Core(format!("load the lock core: {e:#}")))?,
+        ));
+        cores.push((wasm.to_vec(), rt));
+        Ok(rt)
+    }
+
+    fn engine() -> anyhow::Result<Engine> {
+        static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+        ENGINE
+            .get_or_init(|| Runtime::new_engine().map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(anyhow::Error::msg)
+    }
+
+    fn new_engine() -> anyhow::Result<Engine> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let mut pool = PoolingAllocationConfig::default();
@@ -127,6 +154,11 @@ impl Runtime {
         }
         let engine = Engine::new(&config)?;
         start_epoch_ticker(&engine);
+        Ok(engine)
+    }
+
+    fn new(wasm: &[u8]) -> anyhow::Result<Runtime> {
+        let engine = Runtime::engine()?;
         let component = Component::new(&engine, wasm)?;
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -162,6 +194,7 @@ fn start_epoch_ticker(engine: &Engine) {
 
 /// Warm instances for one manager, plus its store settings.
 pub(crate) struct InstancePool {
+    runtime: &'static Runtime,
     nodes: RedisNodeCtx,
     memory_limit: AtomicUsize,
     idle: Mutex<Vec<Warm>>,
@@ -176,8 +209,9 @@ pub(crate) struct Warm {
 }
 
 impl InstancePool {
-    pub(crate) fn new(nodes: RedisNodeCtx, memory_limit: usize) -> Self {
+    pub(crate) fn new(runtime: &'static Runtime, nodes: RedisNodeCtx, memory_limit: usize) -> Self {
         Self {
+            runtime,
             nodes,
             memory_limit: AtomicUsize::new(memory_limit),
             idle: Mutex::new(Vec::new()),
@@ -205,9 +239,14 @@ impl InstancePool {
         Ok(warm)
     }
 
-    /// Returns an instance whose last call finished normally.
+    /// Returns an instance whose last call finished normally. It is kept
+    /// only if it is known clean: the guest dropped every resource it made.
     pub(crate) fn checkin(&self, mut warm: Warm) {
         warm.store.data_mut().cancel = None;
+        if !warm.store.data().table.is_empty() {
+            tracing::debug!("lock core left resources behind; dropping its instance");
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE && warm.memory_limit == self.memory_limit.load(Ordering::SeqCst) {
             idle.push(warm);
@@ -215,7 +254,7 @@ impl InstancePool {
     }
 
     async fn instantiate(&self) -> Result<Warm, Error> {
-        let rt = Runtime::get()?;
+        let rt = self.runtime;
         let slot = rt
             .slots
             .clone()
@@ -236,9 +275,13 @@ impl InstancePool {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
+        let mut table = ResourceTable::new();
+        // A guest that makes resources without dropping them traps here
+        // instead of growing host memory without bound.
+        table.set_max_capacity(MAX_RESOURCES);
         let state = HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             nodes: self.nodes.clone(),
             cancel: None,
             limits,

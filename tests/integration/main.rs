@@ -6,5 +6,8 @@ mod support;
 mod basics;
 mod cli;
 mod faults;
+mod hostile;
 mod input;
 mod sandbox;
+mod scenarios;
+mod security;

@@ -1,6 +1,6 @@
 //! The sandbox: a failing guest becomes a typed error and later calls work.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redlock_wasm::{Error, Redlock};
 
@@ -37,4 +37,63 @@ fn core_is_embedded() {
     // Component binary: magic, then layer 1 version 0x0d.
     assert_eq!(&redlock_wasm::CORE_WASM[..4], b"\0asm");
     assert_eq!(redlock_wasm::CORE_WASM[4], 0x0d);
+}
+
+/// A core that misbehaves on purpose (tests/hostile-guest).
+const HOSTILE: &[u8] = include_bytes!(env!("REDLOCK_HOSTILE_CORE_WASM"));
+
+/// An infinite loop, unbounded allocation, imports called in a tight loop,
+/// pending replies never dropped: each is stopped by a sandbox limit with a
+/// clear error within a bounded time, and the host keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_cores_are_stopped_and_the_host_keeps_serving() {
+    let c = Cluster::start(3);
+    let ttl = Duration::from_secs(10);
+    let hostile = Redlock::builder()
+        .nodes(c.urls())
+        .ttl(ttl)
+        .core(HOSTILE)
+        .build()
+        .unwrap();
+    let budget = Duration::from_millis(300);
+    for (behaviour, says) in [
+        ("spin", "past its budget"),
+        ("alloc", ""),
+        ("imports", "past its budget"),
+        ("leak", ""),
+    ] {
+        let start = Instant::now();
+        let err = hostile.acquire(behaviour, budget).await.unwrap_err();
+        let took = start.elapsed();
+        let Error::Core(msg) = &err else {
+            panic!("{behaviour}: {err:?}")
+        };
+        assert!(msg.contains(says), "{behaviour}: {msg}");
+        assert!(
+            took < budget + Duration::from_secs(2),
+            "{behaviour}: stopped after {took:?}"
+        );
+        // The same manager serves the next call, on a fresh instance.
+        let next = hostile.acquire("benign", budget).await.unwrap_err();
+        assert!(
+            matches!(next, Error::InvalidArgument(ref m) if m == "benign"),
+            "{behaviour}: {next:?}"
+        );
+    }
+    // Leaving pending replies alive: the call returns, its store is not reused.
+    for _ in 0..3 {
+        let err = hostile.acquire("forget", budget).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    }
+    // The real core in the same process is unaffected.
+    let normal = Redlock::new(c.urls(), ttl).unwrap();
+    let lock = normal
+        .acquire(&key("after-hostile"), Duration::from_secs(1))
+        .await
+        .unwrap();
+    normal.release(&lock).await.unwrap();
+    eventually("the hostile core never got a SET out", || {
+        c.total_keys() == 0
+    })
+    .await;
 }

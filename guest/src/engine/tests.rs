@@ -306,6 +306,33 @@ fn cancellation_cleans_up() {
 }
 
 #[test]
+fn cancellation_during_cleanup_is_not_lost() {
+    // Every attempt fails (3 of 5 refuse), then cleans up; the
+    // cancel lands inside a cleanup round. It must still end the acquire.
+    let mut sim = Sim::new(&[
+        Behavior::Redis,
+        Behavior::Redis,
+        Behavior::Refuse,
+        Behavior::Refuse,
+        Behavior::Refuse,
+    ]);
+    // Attempt 1 decides at 5 ms (third refusal); cleanup runs 5..10 ms.
+    sim.cancel_at = Some(sim.clock + 7 * MS);
+    let start = sim.clock;
+    let err = acquire(
+        &mut sim,
+        "k",
+        &AcquireOptions::with_ttl(1_000),
+        Some(10_000),
+    )
+    .unwrap_err();
+    assert_eq!(err, Error::Cancelled);
+    assert_eq!(sim.count_ops(Kind::Set), 5, "no second attempt");
+    assert!(sim.clock < start + 200 * MS);
+    assert_eq!(sim.holder(0, "k"), None);
+}
+
+#[test]
 fn bad_input_is_refused_before_any_io() {
     let mut sim = redis_cluster(3);
     let opts = AcquireOptions::with_ttl(1_000);

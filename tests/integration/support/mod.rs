@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use redlock_wasm::local::{LocalCluster, LocalNode};
 
+pub mod history;
+pub mod proxy;
+pub mod servers;
+
 pub use redlock_wasm::local::free_port as try_free_port;
 
 /// A port nobody listens on right now.
@@ -37,6 +41,15 @@ pub trait Inspect {
     /// Number of keys.
     fn dbsize(&self) -> i64 {
         redis::cmd("DBSIZE").query(&mut self.conn()).unwrap()
+    }
+
+    /// Runs any command.
+    fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut self.conn())
     }
 
     /// Sets `key` to `value` with a TTL, as another client would.
