@@ -285,6 +285,13 @@ impl RedlockBuilder {
         self
     }
 
+    /// Adds `n` in-process, in-memory nodes: locks that exclude only within
+    /// this process, for tests and for measuring the core without Redis.
+    pub fn in_memory_nodes(mut self, n: usize) -> Self {
+        self.nodes = self.nodes.in_memory(n);
+        self
+    }
+
     /// Default lock TTL. Required (here or per call): 3 ms ..= 24 h.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.defaults.ttl = Some(ttl);

@@ -76,6 +76,8 @@ struct Inner {
 
 struct Node {
     addr: NodeAddr,
+    /// Set for in-memory nodes, which never touch the network.
+    memory: Option<Memory>,
     client: redis::Client,
     /// The one multiplexed connection, once made; cleared when it breaks so
     /// the next request reconnects.
@@ -86,8 +88,12 @@ struct Node {
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// An in-memory node's keys: value and expiry.
+type Memory = Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>;
+
 /// Where a node comes from.
 enum NodeSpec {
+    Memory,
     Url(String),
     Client(Box<redis::Client>),
 }
@@ -126,6 +132,14 @@ impl RedisNodeCtxBuilder {
     /// Adds a node from an existing `redis::Client`.
     pub fn client(mut self, client: redis::Client) -> Self {
         self.nodes.push(NodeSpec::Client(Box::new(client)));
+        self
+    }
+
+    /// Adds `n` in-process nodes that keep keys in memory with their TTLs.
+    /// They exclude only within this process: for measuring the lock core
+    /// and the host without Redis, and for tests of code that takes locks.
+    pub fn in_memory(mut self, n: usize) -> Self {
+        self.nodes.extend((0..n).map(|_| NodeSpec::Memory));
         self
     }
 
@@ -169,7 +183,14 @@ impl RedisNodeCtxBuilder {
         }
         let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
         for spec in self.nodes {
+            let memory = matches!(spec, NodeSpec::Memory).then(Memory::default);
             let (addr, client) = match spec {
+                NodeSpec::Memory => {
+                    let addr = NodeAddr::parse(&format!("redis://in-memory-{}", nodes.len()))?;
+                    let client = redis::Client::open(addr.info().clone())
+                        .map_err(|e| Error::Config(e.to_string()))?;
+                    (addr, client)
+                }
                 NodeSpec::Url(url) => {
                     let addr = NodeAddr::parse(&url)?;
                     // Skip CLIENT SETINFO: one round trip less per connect, and
@@ -200,6 +221,7 @@ impl RedisNodeCtxBuilder {
             }
             nodes.push(Node {
                 addr,
+                memory,
                 client,
                 conn: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
@@ -270,6 +292,9 @@ impl RedisNodeCtx {
             async move {
                 tokio::time::timeout(inner.timeout, async {
                     let node = &inner.nodes[i];
+                    if node.memory.is_some() {
+                        return Ok(());
+                    }
                     let mut conn = node.connection(inner.timeout).await?;
                     let r = redis::cmd("PING").query_async::<()>(&mut conn).await;
                     node.check(&r);
@@ -302,6 +327,15 @@ impl RedisNodeCtx {
             let (inner, key) = (self.inner.clone(), key.clone());
             async move {
                 let node = &inner.nodes[i];
+                if let Some(memory) = &node.memory {
+                    let now = std::time::Instant::now();
+                    let keys = memory.lock().unwrap_or_else(|e| e.into_inner());
+                    let live = keys.get(&key).filter(|(_, exp)| *exp > now);
+                    return Ok(KeyState {
+                        holder: live.map(|(t, _)| t.clone()),
+                        ttl: live.map(|(_, exp)| *exp - now),
+                    });
+                }
                 let read = async {
                     let mut conn = node.connection(inner.timeout).await?;
                     let r = redis::pipe()
@@ -345,6 +379,9 @@ impl RedisNodeCtx {
                 return Reply::Failed(NodeError::Other("limiter closed".into()));
             };
             committed.store(true, Ordering::Release);
+            if let Some(memory) = &n.memory {
+                return cmd.apply(memory);
+            }
             let run = async {
                 let mut conn = n.connection(inner.timeout).await?;
                 let r = cmd.run(&mut conn, &inner).await;
@@ -501,6 +538,45 @@ impl Command {
             Command::SetIfAbsent { .. } => "set-if-absent",
             Command::DeleteIfToken { .. } => "delete-if-token",
             Command::ExtendIfToken { .. } => "extend-if-token",
+        }
+    }
+
+    /// The command against an in-memory node, with Redis's semantics.
+    fn apply(&self, memory: &Memory) -> Reply {
+        let now = std::time::Instant::now();
+        let mut keys = memory.lock().unwrap_or_else(|e| e.into_inner());
+        let key = match self {
+            Command::SetIfAbsent { key, .. }
+            | Command::DeleteIfToken { key, .. }
+            | Command::ExtendIfToken { key, .. } => key,
+        };
+        if keys.get(key).is_some_and(|(_, expires)| *expires <= now) {
+            keys.remove(key);
+        }
+        match self {
+            Command::SetIfAbsent { key, token, ttl_ms } => {
+                if keys.contains_key(key) {
+                    return Reply::Refused;
+                }
+                let expires = now + Duration::from_millis(*ttl_ms);
+                keys.insert(key.clone(), (token.clone(), expires));
+                Reply::Done
+            }
+            Command::DeleteIfToken { key, token } => {
+                if keys.get(key).is_some_and(|(t, _)| t == token) {
+                    keys.remove(key);
+                    Reply::Done
+                } else {
+                    Reply::Refused
+                }
+            }
+            Command::ExtendIfToken { key, token, ttl_ms } => match keys.get_mut(key) {
+                Some((t, expires)) if t == token => {
+                    *expires = now + Duration::from_millis(*ttl_ms);
+                    Reply::Done
+                }
+                _ => Reply::Refused,
+            },
         }
     }
 

@@ -284,3 +284,29 @@ async fn tokens_are_unique() {
         r.release(&lock).await.unwrap();
     }
 }
+
+/// In-memory nodes: a lock that excludes within one process, no Redis.
+#[tokio::test]
+async fn in_memory_nodes_lock_within_the_process() {
+    let r = Redlock::builder()
+        .in_memory_nodes(3)
+        .ttl(TTL)
+        .build()
+        .unwrap();
+    let k = key("memory");
+    let lock = r.acquire(&k, WAIT).await.unwrap();
+    let other = r.acquire(&k, Duration::from_millis(100)).await.unwrap_err();
+    let Error::UnableToAcquire(f) = &other else {
+        panic!("{other:?}")
+    };
+    assert!(f.refused() >= 2, "{other}");
+    let lock = r.extend(&lock, TTL).await.unwrap();
+    r.release(&lock).await.unwrap();
+    let again = r.acquire(&k, WAIT).await.unwrap();
+    let state = r.nodes().inspect(&k).await;
+    assert!(
+        state
+            .iter()
+            .all(|s| s.as_ref().unwrap().holder.as_deref() == Some(again.token()))
+    );
+}

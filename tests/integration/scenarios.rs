@@ -45,7 +45,7 @@ impl Env {
         let mut groups: [Vec<Proxy>; 2] = [Vec::new(), Vec::new()];
         for g in &mut groups {
             for n in &nodes {
-                g.push(Proxy::start(n.port()).await);
+                g.push(Proxy::start(n.port()).await.expect("proxy"));
             }
         }
         Arc::new(Env {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use redlock_wasm::local::{LocalCluster, LocalNode};
 
 pub mod history;
-pub mod proxy;
 pub mod servers;
+pub use redlock_wasm::local::proxy;
 
 pub use redlock_wasm::local::free_port as try_free_port;
 

@@ -1,4 +1,5 @@
-//! A fault-injecting TCP proxy, one per node, switchable at run time.
+//! A fault-injecting TCP proxy to put in front of a node, switchable at run
+//! time: for the fault tests and the slow-node benchmark.
 //!
 //! Modes: pass; delay replies (fixed or jittered); hold (accept, never
 //! answer, resume later); blackhole (swallow everything); reset (RST every
@@ -30,7 +31,8 @@ pub enum Mode {
     DropReply,
 }
 
-/// A running proxy in front of one node.
+/// A running proxy in front of one node; stops when dropped. Needs a tokio
+/// runtime.
 pub struct Proxy {
     port: u16,
     mode: watch::Sender<Mode>,
@@ -40,9 +42,9 @@ pub struct Proxy {
 
 impl Proxy {
     /// Listens on a free loopback port and forwards to `127.0.0.1:target`.
-    pub async fn start(target: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().unwrap().port();
+    pub async fn start(target: u16) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
         let (mode, rx) = watch::channel(Mode::Pass);
         let target = Arc::new(Mutex::new(target));
         let t = target.clone();
@@ -52,16 +54,21 @@ impl Proxy {
                     return;
                 };
                 let rx = rx.clone();
-                let to = *t.lock().unwrap();
+                let to = *t.lock().unwrap_or_else(|e| e.into_inner());
                 tokio::spawn(connection(client, to, rx));
             }
         });
-        Proxy {
+        Ok(Proxy {
             port,
             mode,
             task,
             target,
-        }
+        })
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `redis://127.0.0.1:PORT` of the proxy.
@@ -76,7 +83,7 @@ impl Proxy {
 
     /// Points new connections at another node port.
     pub fn retarget(&self, port: u16) {
-        *self.target.lock().unwrap() = port;
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = port;
     }
 }
 
@@ -164,11 +171,7 @@ async fn connection(client: TcpStream, target: u16, mode: watch::Receiver<Mode>)
                     }
                     Mode::Jitter(lo, hi) => {
                         let span = hi.saturating_sub(lo).as_micros() as u64;
-                        let extra = if span == 0 {
-                            0
-                        } else {
-                            rand::random::<u64>() % span
-                        };
+                        let extra = if span == 0 { 0 } else { random() % span };
                         tokio::time::sleep(lo + Duration::from_micros(extra)).await;
                         if cw.write_all(&buf[..n]).await.is_err() {
                             return;
@@ -199,6 +202,14 @@ async fn connection(client: TcpStream, target: u16, mode: watch::Receiver<Mode>)
         _ = down => {}
         _ = reset_now => {}
     }
+}
+
+/// Good-enough randomness for jitter, without a dependency.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::Instant::now().elapsed().as_nanos());
+    h.finish()
 }
 
 /// Closes with RST instead of FIN.

@@ -2,6 +2,9 @@
 //! temp dir, stopped on drop: the nodes of `redlock demo` and of the tests.
 //!
 //! `REDIS_SERVER_BIN` picks the binary (default: `redis-server` on `PATH`).
+//! [`proxy`] puts a fault-injecting TCP proxy in front of a node.
+
+pub mod proxy;
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
