@@ -47,6 +47,15 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Sub {
+    /// Only redlock-wasm's throughput on distinct keys, for a profiler.
+    Profile {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 256)]
+        limit: usize,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+    },
     /// (internal) Hold N locks and report this process's memory.
     Rss {
         #[arg(long = "node")]
@@ -63,6 +72,18 @@ fn main() -> Result<()> {
         .build()?;
     match args.sub {
         Some(Sub::Rss { ref nodes, locks }) => rt.block_on(rss_child(nodes, locks)),
+        Some(Sub::Profile {
+            clients,
+            limit,
+            secs,
+        }) => rt.block_on(async {
+            let cluster = LocalCluster::start(5)?;
+            let ours = Rc::new(Contender::ours(&cluster.urls(), limit)?);
+            ours.warm("profile").await?;
+            let tp = throughput(ours, "profile", clients, secs, false).await?;
+            println!("{tp:.0} pairs/s");
+            Ok(())
+        }),
         None => rt.block_on(run(args)),
     }
 }

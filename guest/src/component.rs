@@ -21,6 +21,9 @@ struct HostNodes {
     count: u32,
     /// `None` once cancellation has been reported.
     cancel: Option<Pollable>,
+    /// The deadline pollable of the last wait, reused while the deadline
+    /// stays the same (a round waits several times for one deadline).
+    timer: Option<(u64, Pollable)>,
 }
 
 /// A request in flight. Field order matters: the pollable is a child of the
@@ -35,6 +38,7 @@ impl HostNodes {
         Self {
             count: node::node_count(),
             cancel: Some(node::cancellation()),
+            timer: None,
         }
     }
 }
@@ -77,10 +81,15 @@ impl Nodes for HostNodes {
     }
 
     fn wait(&mut self, pending: &[&Pending], until_ns: u64) -> Wake {
-        let timer = monotonic_clock::subscribe_instant(until_ns);
+        if self.timer.as_ref().is_none_or(|(at, _)| *at != until_ns) {
+            self.timer = Some((until_ns, monotonic_clock::subscribe_instant(until_ns)));
+        }
+        let Some((_, timer)) = &self.timer else {
+            unreachable!("set above")
+        };
         let mut set: Vec<&Pollable> = Vec::with_capacity(pending.len() + 2);
         set.extend(pending.iter().map(|p| &p.pollable));
-        set.push(&timer);
+        set.push(timer);
         if let Some(cancel) = &self.cancel {
             set.push(cancel);
         }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, Script, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -65,7 +65,7 @@ pub struct RedisNodeCtx {
 struct Inner {
     nodes: Vec<Node>,
     timeout: Duration,
-    limiter: Semaphore,
+    limiter: Arc<Semaphore>,
     concurrency: usize,
     prefix: String,
     delete: Script,
@@ -234,7 +234,7 @@ impl RedisNodeCtxBuilder {
             inner: Arc::new(Inner {
                 nodes,
                 timeout,
-                limiter: Semaphore::new(concurrency),
+                limiter: Arc::new(Semaphore::new(concurrency)),
                 concurrency,
                 prefix: self.prefix,
                 delete: Script::new(DELETE_IF_TOKEN),
@@ -278,10 +278,19 @@ impl RedisNodeCtx {
 
     /// The key as stored in Redis: prefix + key.
     pub fn redis_key(&self, key: &str) -> String {
-        let mut k = String::with_capacity(self.inner.prefix.len() + key.len());
-        k.push_str(&self.inner.prefix);
-        k.push_str(key);
-        k
+        self.prefixed(key.to_owned())
+    }
+
+    /// The key as stored in Redis, reusing `key`'s buffer when there is no prefix.
+    fn prefixed(&self, key: String) -> String {
+        if self.inner.prefix.is_empty() {
+            key
+        } else {
+            let mut k = String::with_capacity(self.inner.prefix.len() + key.len());
+            k.push_str(&self.inner.prefix);
+            k.push_str(&key);
+            k
+        }
     }
 
     /// Connects to every node now rather than on first use; returns the
@@ -362,9 +371,10 @@ impl RedisNodeCtx {
     }
 
     /// Runs one command on one node with the limit and timeout applied.
-    /// `committed` is set once the request holds a permit: from then on it
-    /// is ahead of any later request to the same node.
-    pub(crate) fn request(&self, node: u32, cmd: Command, committed: Arc<AtomicBool>) -> BoxReply {
+    /// The permit goes into `slot`, so that a request the guest abandons
+    /// gives its permit back at once while it finishes in the background:
+    /// a slow node's leftovers must not starve the other nodes.
+    pub(crate) fn request(&self, node: u32, cmd: Command, slot: Arc<PermitSlot>) -> BoxReply {
         let inner = self.inner.clone();
         Box::pin(async move {
             let Some(n) = inner.nodes.get(node as usize) else {
@@ -375,10 +385,11 @@ impl RedisNodeCtx {
             };
             // Waiting for a permit is not the node's fault: the timeout
             // starts once the request may go out.
-            let Ok(_permit) = inner.limiter.acquire().await else {
+            let Ok(permit) = inner.limiter.clone().acquire_owned().await else {
                 return Reply::Failed(NodeError::Other("limiter closed".into()));
             };
-            committed.store(true, Ordering::Release);
+            slot.hold(permit);
+            let _release = ReleaseOnExit(&slot);
             if let Some(memory) = &n.memory {
                 return cmd.apply(memory);
             }
@@ -621,6 +632,39 @@ impl Command {
     }
 }
 
+/// Where a request keeps its concurrency permit. Set once it holds one (it
+/// is then ahead of any later request to the same node); emptied when the
+/// request ends or is abandoned.
+#[derive(Default)]
+pub(crate) struct PermitSlot {
+    committed: AtomicBool,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl PermitSlot {
+    fn hold(&self, permit: OwnedSemaphorePermit) {
+        *self.permit.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+        self.committed.store(true, Ordering::Release);
+    }
+
+    fn give_back(&self) {
+        self.permit.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn committed(&self) -> bool {
+        self.committed.load(Ordering::Acquire)
+    }
+}
+
+/// Gives the permit back when the request's future ends or is dropped.
+struct ReleaseOnExit<'a>(&'a PermitSlot);
+
+impl Drop for ReleaseOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
+}
+
 /// The host side of a `pending-reply`: the request's future until it
 /// finishes, then its reply.
 pub struct PendingReply {
@@ -633,7 +677,7 @@ pub struct PendingReply {
     /// Set once the request holds a permit. A SET dropped after that also
     /// runs to the end (it is first in its node's queue, so a later cleanup
     /// delete still follows it); one dropped before is never sent.
-    committed: Arc<AtomicBool>,
+    slot: Arc<PermitSlot>,
     /// Where requests finishing in the background are tracked.
     background: TaskTracker,
 }
@@ -656,9 +700,11 @@ impl Pollable for PendingReply {
 
 impl Drop for PendingReply {
     fn drop(&mut self) {
+        // Abandoned: it no longer counts against the concurrency limit.
+        self.slot.give_back();
         let state = std::mem::replace(&mut self.state, ReplyState::Gone);
         if let ReplyState::Waiting(fut) = state
-            && (self.finish_on_drop || self.committed.load(Ordering::Acquire))
+            && (self.finish_on_drop || self.slot.committed())
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             self.background.spawn_on(fut, &rt);
@@ -708,12 +754,12 @@ impl<'a> RedisNode<'a> {
 
     fn pending(&mut self, node: u32, cmd: Command) -> wasmtime::Result<Resource<PendingReply>> {
         let finish_on_drop = !matches!(cmd, Command::SetIfAbsent { .. });
-        let committed = Arc::new(AtomicBool::new(false));
-        let fut = self.ctx.request(node, cmd, committed.clone());
+        let slot = Arc::new(PermitSlot::default());
+        let fut = self.ctx.request(node, cmd, slot.clone());
         Ok(self.table.push(PendingReply {
             state: ReplyState::Waiting(fut),
             finish_on_drop,
-            committed,
+            slot,
             background: self.ctx.inner.background.clone(),
         })?)
     }
@@ -731,7 +777,7 @@ impl node::Host for RedisNode<'_> {
         token: String,
         ttl_ms: u64,
     ) -> wasmtime::Result<Resource<PendingReply>> {
-        let key = self.ctx.redis_key(&key);
+        let key = self.ctx.prefixed(key);
         self.pending(node, Command::SetIfAbsent { key, token, ttl_ms })
     }
 
@@ -741,7 +787,7 @@ impl node::Host for RedisNode<'_> {
         key: String,
         token: String,
     ) -> wasmtime::Result<Resource<PendingReply>> {
-        let key = self.ctx.redis_key(&key);
+        let key = self.ctx.prefixed(key);
         self.pending(node, Command::DeleteIfToken { key, token })
     }
 
@@ -752,7 +798,7 @@ impl node::Host for RedisNode<'_> {
         token: String,
         ttl_ms: u64,
     ) -> wasmtime::Result<Resource<PendingReply>> {
-        let key = self.ctx.redis_key(&key);
+        let key = self.ctx.prefixed(key);
         self.pending(node, Command::ExtendIfToken { key, token, ttl_ms })
     }
 
