@@ -24,6 +24,10 @@ struct HostNodes {
     /// The deadline pollable of the last wait, reused while the deadline
     /// stays the same (a round waits several times for one deadline).
     timer: Option<(u64, Pollable)>,
+    /// Nodes whose pollables the last wait reported ready: only their
+    /// replies can have arrived, so only they are asked (`get` is a call
+    /// into the host; before the first wait nothing can be ready).
+    ready: Vec<u32>,
 }
 
 /// A request in flight. Field order matters: the pollable is a child of the
@@ -31,6 +35,7 @@ struct HostNodes {
 struct Pending {
     pollable: Pollable,
     reply: node::PendingReply,
+    node: u32,
 }
 
 impl HostNodes {
@@ -39,6 +44,7 @@ impl HostNodes {
             count: node::node_count(),
             cancel: Some(node::cancellation()),
             timer: None,
+            ready: Vec::new(),
         }
     }
 }
@@ -59,6 +65,8 @@ impl Nodes for HostNodes {
     }
 
     fn start(&mut self, i: u32, op: &Op<'_>) -> Pending {
+        // A new request: nothing of it can be ready before the next wait.
+        self.ready.retain(|&n| n != i);
         let reply = match *op {
             Op::SetIfAbsent { key, token, ttl_ms } => node::set_if_absent(i, key, token, ttl_ms),
             Op::DeleteIfToken { key, token } => node::delete_if_token(i, key, token),
@@ -69,10 +77,14 @@ impl Nodes for HostNodes {
         Pending {
             pollable: reply.subscribe(),
             reply,
+            node: i,
         }
     }
 
     fn reply(&mut self, p: &Pending) -> Option<Reply> {
+        if !self.ready.contains(&p.node) {
+            return None;
+        }
         p.reply.get().map(|r| match r {
             node::Reply::Done => Reply::Done,
             node::Reply::Refused => Reply::Refused,
@@ -95,14 +107,21 @@ impl Nodes for HostNodes {
         }
         let ready = poll(&set);
         let n = pending.len() as u32;
+        self.ready.clear();
+        self.ready.extend(
+            ready
+                .iter()
+                .filter(|&&i| i < n)
+                .map(|&i| pending[i as usize].node),
+        );
         if self.cancel.is_some() && ready.contains(&(n + 1)) {
             self.cancel = None;
             return Wake::Cancelled;
         }
-        if ready.iter().any(|&i| i < n) {
-            Wake::Progress
-        } else {
+        if self.ready.is_empty() {
             Wake::Deadline
+        } else {
+            Wake::Progress
         }
     }
 }
