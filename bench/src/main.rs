@@ -441,7 +441,7 @@ fn report(m: &Round, args: &Args, node: bool) -> String {
         .unwrap_or_default();
     out.push_str("# Benchmarks\n\n");
     out.push_str(&format!(
-        "Measured by `./scripts/bench` (`cargo run --release -p redlock-bench -- --rounds {} --iters {} --secs {}`) \
+        "Measured by `./scripts/bench` (that is, `./target/release/redlock-bench --rounds {} --iters {} --secs {}`) \
          on {} logical CPUs ({cpu}), {redis}, 5 local nodes on loopback started by the bench, Linux. \
          Every figure is the median of {} rounds taken in the same run; ratios compare figures from that run. \
          Date: {}.\n\n",

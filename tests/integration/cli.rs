@@ -22,6 +22,18 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Waits (up to 5 s) until a quorum of nodes holds `key` (a first
+/// connection on a loaded machine may outlast the node timeout, so not
+/// necessarily every node); returns when it started.
+fn wait_until_held(c: &Cluster, key: &str) -> Instant {
+    let start = Instant::now();
+    while c.with_key(key) < c.nodes.len() / 2 + 1 {
+        assert!(start.elapsed() < Duration::from_secs(5), "never acquired");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start
+}
+
 /// Two `redlock run` on one key at once: the commands never overlap.
 #[test]
 fn two_runs_on_one_key_never_overlap() {
@@ -98,11 +110,7 @@ fn lost_lock_terminates_the_command() {
         "run", "--key", &k, "--ttl", "900ms", "--grace", "1s", "--", "sleep", "30",
     ]);
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let start = Instant::now();
-    while c.with_key(&k) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(5), "never acquired");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let start = wait_until_held(&c, &k);
     for n in &c.nodes[..2] {
         let _: i64 = redis::cmd("DEL").arg(&k).query(&mut n.conn()).unwrap();
     }
@@ -123,11 +131,7 @@ fn killed_majority_terminates_the_command() {
     let mut cmd = redlock(&c);
     cmd.args(["run", "--key", &k, "--ttl", "900ms", "--", "sleep", "30"]);
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let start = Instant::now();
-    while c.with_key(&k) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(5), "never acquired");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let start = wait_until_held(&c, &k);
     c.nodes[0].kill();
     c.nodes[1].kill();
     assert_eq!(child.wait().unwrap().code(), Some(76));
@@ -146,11 +150,7 @@ fn sigterm_is_forwarded_and_the_lock_released() {
     let mut cmd = redlock(&c);
     cmd.args(["run", "--key", &k, "--", "sleep", "30"]);
     let mut child = cmd.spawn().unwrap();
-    let start = Instant::now();
-    while c.with_key(&k) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(5), "never acquired");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let start = wait_until_held(&c, &k);
     redlock_wasm::signal::send(child.id(), libc::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(
@@ -175,7 +175,8 @@ async fn acquire_then_release_by_token() {
     let token = v["token"].as_str().unwrap().to_owned();
     assert_eq!(v["key"], k.as_str());
     assert!(v["validity_ms"].as_u64().unwrap() > 29_000);
-    eventually("held on every node", || c.holding(&k, &token) == 3).await;
+    eventually("held on a quorum", || c.holding(&k, &token) >= 2).await;
+    let held = c.holding(&k, &token);
 
     let mut cmd = redlock(&c);
     cmd.args([
@@ -187,12 +188,15 @@ async fn acquire_then_release_by_token() {
     ]);
     let o = output(cmd);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert_eq!(c.holding(&k, &token), 3, "wrong token changed nothing");
+    assert_eq!(c.holding(&k, &token), held, "wrong token changed nothing");
 
     let mut cmd = redlock(&c);
     cmd.args(["extend", "--key", &k, "--token", &token, "--ttl", "60s"]);
     assert!(output(cmd).status.success());
-    eventually("extended", || c.nodes.iter().all(|n| n.pttl(&k) > 30_000)).await;
+    eventually("extended where held", || {
+        c.nodes.iter().filter(|n| n.pttl(&k) > 30_000).count() >= held
+    })
+    .await;
 
     let mut cmd = redlock(&c);
     cmd.args(["release", "--key", &k, "--token", &token]);
@@ -205,7 +209,12 @@ async fn acquire_then_release_by_token() {
 async fn status_shows_the_holder() {
     let c = Cluster::start(3);
     let k = key("cli-status");
-    let r = Redlock::new(c.urls(), Duration::from_secs(10)).unwrap();
+    let r = Redlock::builder()
+        .nodes(c.urls())
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
     let lock = r.acquire(&k, Duration::from_secs(1)).await.unwrap();
     eventually("held on every node", || c.holding(&k, lock.token()) == 3).await;
     let mut cmd = redlock(&c);

@@ -154,19 +154,10 @@ pub struct TokenArgs {
 #[derive(Debug, Args)]
 pub struct ExtendArgs {
     #[command(flatten)]
-    pub nodes: NodeArgs,
-    /// The lock's key.
-    #[arg(long, short)]
-    pub key: String,
-    /// The token `acquire` printed.
-    #[arg(long, short)]
-    pub token: String,
+    pub lock: TokenArgs,
     /// The new TTL, from now.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
     pub ttl: Duration,
-    /// How long to try.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
-    pub wait: Duration,
     /// Print key and validity_ms as JSON.
     #[arg(long)]
     pub json: bool,

@@ -117,12 +117,13 @@ async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
             Ok(Exit(0))
         }
         Command::Extend(a) => {
-            let r = manager(&a.nodes, a.ttl)?;
+            let (t, ttl) = (&a.lock, a.ttl);
+            let r = manager(&t.nodes, ttl)?;
             // Another process acquired this lock: assume it is valid for the
             // next --wait; the nodes' compare-and-extend is the real check.
-            let lock = Lock::from_parts(&a.key, &a.token, Instant::now() + a.wait);
+            let lock = Lock::from_parts(&t.key, &t.token, Instant::now() + t.wait);
             let lock = r
-                .extend_by(&lock, a.ttl, a.wait)
+                .extend_by(&lock, ttl, t.wait)
                 .await
                 .map_err(Failure::from_lock_error)?;
             if a.json {
