@@ -151,7 +151,9 @@ impl RedisNodeCtxBuilder {
 
     /// Maximum concurrent in-flight Redis requests, over all nodes and all
     /// operations sharing this context. The default is
-    /// [`DEFAULT_CONCURRENCY`] (10); 1 serialises every request.
+    /// [`DEFAULT_CONCURRENCY`] (10); 1 serialises every request. A request
+    /// the guest stopped waiting for gives its slot back while it finishes,
+    /// so a slow node's leftovers never starve the other nodes.
     pub fn concurrency(mut self, limit: usize) -> Self {
         self.concurrency = Some(limit);
         self
