@@ -97,19 +97,27 @@ impl NodeArgs {
     }
 }
 
+/// What `run` and `acquire` share: where the nodes are, which key, for how
+/// long, and how long to wait for it.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct LockArgs {
     #[command(flatten)]
     pub nodes: NodeArgs,
     /// The lock's key (the same on every host that must exclude each other).
     #[arg(long, short)]
     pub key: String,
-    /// Lock TTL; extended while the command runs.
+    /// Lock TTL (`run` extends it while the command runs).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
     pub ttl: Duration,
     /// How long to wait for the lock before giving up with exit code 75.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub wait: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// After SIGTERM on lock loss, how long before SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub grace: Duration,
@@ -121,16 +129,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct AcquireArgs {
     #[command(flatten)]
-    pub nodes: NodeArgs,
-    /// The lock's key.
-    #[arg(long, short)]
-    pub key: String,
-    /// Lock TTL.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
-    pub ttl: Duration,
-    /// How long to wait for the lock.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
-    pub wait: Duration,
+    pub lock: LockArgs,
     /// Print key, token and validity_ms as JSON.
     #[arg(long)]
     pub json: bool,

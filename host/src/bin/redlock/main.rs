@@ -91,9 +91,10 @@ async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
     match cli.command {
         Command::Run(a) => run::run(a).await,
         Command::Acquire(a) => {
-            let r = manager(&a.nodes, a.ttl)?;
+            let l = &a.lock;
+            let r = manager(&l.nodes, l.ttl)?;
             let lock = r
-                .acquire(&a.key, a.wait)
+                .acquire(&l.key, l.wait)
                 .await
                 .map_err(Failure::from_lock_error)?;
             if a.json {

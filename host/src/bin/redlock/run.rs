@@ -40,14 +40,15 @@ impl Signals {
 }
 
 pub async fn run(a: RunArgs) -> Result<Exit, Failure> {
-    let r = crate::manager(&a.nodes, a.ttl)?;
+    let (l, grace) = (&a.lock, a.grace);
+    let r = crate::manager(&l.nodes, l.ttl)?;
     // Handlers first: a signal while waiting for the lock must still clean up.
     let mut signals = Signals::install()?;
 
     let cancel = CancellationToken::new();
     let acquire = r.acquire_with(
-        &a.key,
-        a.wait,
+        &l.key,
+        l.wait,
         AcquireOptions::new().cancel_on(cancel.clone()),
     );
     tokio::pin!(acquire);
@@ -62,7 +63,7 @@ pub async fn run(a: RunArgs) -> Result<Exit, Failure> {
             return Ok(Exit(128 + sig as u8));
         }
     };
-    tracing::info!(key = %a.key, validity = ?lock.validity(), "lock acquired");
+    tracing::info!(key = %l.key, validity = ?lock.validity(), "lock acquired");
 
     let program = &a.command[0];
     let mut child = match tokio::process::Command::new(program)
@@ -90,7 +91,7 @@ pub async fn run(a: RunArgs) -> Result<Exit, Failure> {
         tokio::select! {
             status = child.wait() => break status,
             _ = tokio::time::sleep_until(next_extend) => {
-                match r.extend(&lock, a.ttl).await {
+                match r.extend(&lock, l.ttl).await {
                     Ok(longer) => {
                         tracing::debug!(validity = ?longer.validity(), "lock extended");
                         lock = longer;
@@ -98,7 +99,7 @@ pub async fn run(a: RunArgs) -> Result<Exit, Failure> {
                     }
                     Err(e) if is_lost(&e) || !lock.is_valid() => {
                         eprintln!("redlock: {e}; terminating the command");
-                        terminate(&mut child, pid, a.grace).await;
+                        terminate(&mut child, pid, grace).await;
                         release(&r, &lock).await;
                         return Ok(Exit(exit::LOST));
                     }
