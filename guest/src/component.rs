@@ -81,11 +81,17 @@ impl Nodes for HostNodes {
         }
     }
 
-    fn reply(&mut self, p: &Pending) -> Option<Reply> {
+    fn reply(&mut self, p: &mut Pending) -> Option<Reply> {
         if !self.ready.contains(&p.node) {
             return None;
         }
-        p.reply.get().map(|r| match r {
+        let Some(r) = p.reply.get() else {
+            // Woken by progress that is not the reply yet (see the WIT):
+            // wait for the next step. Never happens with the wasmtime host.
+            p.pollable = p.reply.subscribe();
+            return None;
+        };
+        Some(match r {
             node::Reply::Done => Reply::Done,
             node::Reply::Refused => Reply::Refused,
             node::Reply::Failed(e) => Reply::Failed(e.into()),

@@ -64,8 +64,8 @@ pub trait Nodes {
     fn random_u64(&mut self) -> u64;
     /// Sends `op` to `node` without waiting.
     fn start(&mut self, node: u32, op: &Op<'_>) -> Self::Pending;
-    /// The reply, if it has arrived.
-    fn reply(&mut self, pending: &Self::Pending) -> Option<Reply>;
+    /// The reply, if it has arrived. May refresh what `pending` waits on.
+    fn reply(&mut self, pending: &mut Self::Pending) -> Option<Reply>;
     /// Blocks until one of `pending` may have a reply, `until_ns` passes, or
     /// cancellation is requested. With `pending` empty, a cancellable sleep.
     /// [`Wake::Cancelled`] is reported once; later waits ignore cancellation
@@ -153,7 +153,7 @@ fn round<N: Nodes>(nodes: &mut N, op: &Op<'_>, until_ns: u64, until: Until) -> R
     let mut tally = Tally::new(n);
     loop {
         for (slot, outcome) in pending.iter_mut().zip(outcomes.iter_mut()) {
-            if let Some(reply) = slot.as_ref().and_then(|p| nodes.reply(p)) {
+            if let Some(reply) = slot.as_mut().and_then(|p| nodes.reply(p)) {
                 tally.record(&reply);
                 *outcome = reply.into();
                 *slot = None;

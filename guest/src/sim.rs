@@ -176,7 +176,7 @@ impl Nodes for Sim {
         }
     }
 
-    fn reply(&mut self, p: &SimPending) -> Option<Reply> {
+    fn reply(&mut self, p: &mut SimPending) -> Option<Reply> {
         match p.ready_at {
             Some(t) if t <= self.clock => Some(p.reply.clone()),
             _ => None,

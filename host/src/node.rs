@@ -38,21 +38,12 @@ pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
 /// as in the original Go library.
 pub const DEFAULT_CONCURRENCY: usize = 10;
 
-/// Compare-and-delete: deletes the key only while it holds our token.
-const DELETE_IF_TOKEN: &str = r#"
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("DEL", KEYS[1])
-end
-return 0
-"#;
+/// Compare-and-delete: deletes the key only while it holds our token. The
+/// same script file serves the wasi:sockets plug (`plug/`).
+const DELETE_IF_TOKEN: &str = include_str!("../../lua/delete-if-token.lua");
 
 /// Compare-and-extend: a new TTL only while the key holds our token.
-const EXTEND_IF_TOKEN: &str = r#"
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("PEXPIRE", KEYS[1], ARGV[2])
-end
-return 0
-"#;
+const EXTEND_IF_TOKEN: &str = include_str!("../../lua/extend-if-token.lua");
 
 /// The state of the `redis-node` capability: node connections, the per-node
 /// timeout, the concurrency limit and the key prefix. Cheap to clone; clones
