@@ -43,5 +43,5 @@ pub use addr::NodeAddr;
 pub use error::{Error, NodeError, NodeOutcome, Outcome, QuorumFailure};
 pub use lock::{AcquireOptions, Deadline, Lock, Redlock, RedlockBuilder};
 pub use node::{KeyState, RedisNode, RedisNodeCtx, RedisNodeCtxBuilder, add_to_linker};
-pub use sandbox::CORE_WASM;
+pub use sandbox::{CORE_WASM, ProcessClock};
 pub use tokio_util::sync::CancellationToken;

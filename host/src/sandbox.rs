@@ -75,7 +75,13 @@ impl WasiView for HostState {
 /// A monotonic clock with one epoch for the whole process, so a lock's
 /// `expires-at` means the same in every store (wasmtime's default clock
 /// starts at zero in each store).
-struct ProcessClock;
+/// A `wasi:clocks/monotonic-clock` shared by every instance in the process:
+/// nanoseconds since the first use. wasmtime-wasi's default clock starts at
+/// zero per context, so instants (a lock's `expires-at`) from two stores
+/// would not compare; embedders that run several instances want this one
+/// (`WasiCtxBuilder::monotonic_clock(ProcessClock)`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessClock;
 
 fn process_epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();

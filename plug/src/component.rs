@@ -185,7 +185,7 @@ fn lookup(network: &Network, name: &str) -> Result<std::net::IpAddr, String> {
 }
 
 fn describe(e: ErrorCode) -> String {
-    format!("{e:?}")
+    e.name().to_owned()
 }
 
 /// One request awaiting its reply.

@@ -5,6 +5,7 @@ mod support;
 
 mod basics;
 mod cli;
+mod components;
 mod faults;
 mod hostile;
 mod input;

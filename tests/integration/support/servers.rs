@@ -15,6 +15,8 @@ pub enum Hostile {
     Silent,
     /// Reads a command, writes half a reply, then resets.
     ResetMidReply,
+    /// Answers with a bulk string header announcing about 1 GB, then bytes.
+    Oversized,
 }
 
 /// A running fake server; stops when dropped.
@@ -43,6 +45,13 @@ impl FakeServer {
                                 }
                             }
                             Hostile::Silent => {}
+                            Hostile::Oversized => {
+                                let mut reply = b"$999999999\r\n".to_vec();
+                                reply.extend(std::iter::repeat_n(b'x', 1 << 16));
+                                if s.write_all(&reply).await.is_err() {
+                                    return;
+                                }
+                            }
                             Hostile::ResetMidReply => {
                                 let _ = s.write_all(b"$10\r\nabc").await;
                                 #[allow(deprecated)]

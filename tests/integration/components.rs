@@ -1,0 +1,427 @@
+//! One lock core, many hosts: the composed component (core + wasi:sockets
+//! plug) under the `wasmtime` CLI and under Node.js (jco), and the example
+//! plugin in a sandboxed embedder; each against real nodes, each excluding
+//! the Rust host's locks on the same key.
+//!
+//! Tools these tests run, and how they are found:
+//! - the `wasmtime` CLI: `$REDLOCK_WASMTIME`, else `target/tools/bin/wasmtime`
+//!   (where `./scripts/setup` installs the pinned version), else `PATH`;
+//! - Node.js and `hosts/js/node_modules` (`./scripts/setup` runs `npm ci`).
+//!
+//! A missing tool fails the test with that instruction; nothing is skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use redlock_wasm::{Error, Redlock};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
+
+use crate::support::servers::{FakeServer, Hostile};
+use crate::support::{Cluster, eventually, key};
+
+#[allow(dead_code)] // its `main` is the example's, not the test's
+#[path = "../../host/examples/plugin_host.rs"]
+mod plugin_host;
+
+const PORTABLE_WASM: &str = env!("REDLOCK_PORTABLE_WASM");
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn rust_host(c: &Cluster) -> Redlock {
+    Redlock::builder()
+        .nodes(c.urls())
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(500))
+        .build()
+        .expect("manager")
+}
+
+/// Import and export names of a component, as a host sees them.
+fn interface_names(wasm: &[u8]) -> (Vec<String>, Vec<String>) {
+    let engine = Engine::new(&Config::new()).unwrap();
+    let component = Component::new(&engine, wasm).unwrap();
+    let ty = component.component_type();
+    let imports = ty.imports(&engine).map(|(n, _)| n.to_owned()).collect();
+    let exports = ty.exports(&engine).map(|(n, _)| n.to_owned()).collect();
+    (imports, exports)
+}
+
+#[test]
+fn portable_component_imports_only_standard_wasi() {
+    let wasm = std::fs::read(PORTABLE_WASM).unwrap();
+    let (imports, exports) = interface_names(&wasm);
+    assert_eq!(exports, ["redlock:core/redlock@0.1.0"]);
+    for name in &imports {
+        assert!(
+            name.starts_with("wasi:") && name.contains("@0.2."),
+            "not standard WASI 0.2: {name} (all: {imports:?})"
+        );
+    }
+    for needed in [
+        "wasi:sockets/tcp@",
+        "wasi:io/poll@",
+        "wasi:clocks/monotonic-clock@",
+        "wasi:random/random@",
+    ] {
+        assert!(
+            imports.iter().any(|n| n.starts_with(needed)),
+            "{needed}: {imports:?}"
+        );
+    }
+    // The README's copy is the same component.
+    let readme_copy = root().join("target/components/redlock-portable.wasm");
+    assert_eq!(std::fs::read(readme_copy).unwrap(), wasm);
+}
+
+#[test]
+fn plugin_component_gets_locks_and_nothing_else() {
+    let (imports, exports) = interface_names(plugin_host::PLUGIN_WASM);
+    assert_eq!(exports, ["redlock:plugin-example/job@0.1.0"]);
+    assert!(imports.iter().any(|n| n == "redlock:core/redis-node@0.1.0"));
+    for name in &imports {
+        let allowed = name == "redlock:core/redis-node@0.1.0"
+            || ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/"]
+                .iter()
+                .any(|p| name.starts_with(p));
+        assert!(allowed, "the plugin imports {name} (all: {imports:?})");
+    }
+}
+
+// ---- the wasmtime CLI -------------------------------------------------------
+
+fn wasmtime_cli() -> PathBuf {
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("REDLOCK_WASMTIME") {
+                return p.into();
+            }
+            let local = root().join("target/tools/bin/wasmtime");
+            if local.exists() {
+                return local;
+            }
+            let on_path = Command::new("wasmtime").arg("--version").output();
+            if on_path.is_ok_and(|o| o.status.success()) {
+                return "wasmtime".into();
+            }
+            panic!(
+                "the wasmtime CLI is needed: ./scripts/setup installs the pinned version \
+                 into target/tools/bin (or set REDLOCK_WASMTIME=/path/to/wasmtime)"
+            )
+        })
+        .clone()
+}
+
+/// `wasmtime run --invoke CALL` on the portable component with `nodes`;
+/// the printed WAVE value.
+async fn invoke(nodes: &[String], call: &str) -> String {
+    let out = tokio::process::Command::new(wasmtime_cli())
+        // wasi:sockets needs the host's network; the nodes are loopback.
+        .args(["run", "-S", "inherit-network", "--env"])
+        .arg(format!("REDLOCK_NODES={}", nodes.join(",")))
+        .arg("--invoke")
+        .arg(call)
+        .arg(PORTABLE_WASM)
+        .output()
+        .await
+        .expect("run wasmtime");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "wasmtime {call}: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The token from a printed `ok({key: ..., token: "...", ...})`.
+fn token_of(printed: &str) -> String {
+    let start = printed
+        .find("token: \"")
+        .unwrap_or_else(|| panic!("no token in {printed}"))
+        + 8;
+    printed[start..start + 32].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasmtime_cli_locks_exclude_the_rust_host() {
+    let c = Cluster::start(3);
+    let nodes = c.urls();
+    let rust = rust_host(&c);
+    let k = key("cli-portable");
+
+    // The CLI takes the lock; the process exits, the lock stays (its TTL).
+    let printed = invoke(
+        &nodes,
+        &format!(r#"acquire("{k}", {{ttl-ms: 10000}}, some(2000))"#),
+    )
+    .await;
+    assert!(printed.starts_with("ok({"), "{printed}");
+    let token = token_of(&printed);
+    eventually("the CLI's lock on every node", || {
+        c.holding(&k, &token) == 3
+    })
+    .await;
+
+    // The Rust host cannot take it.
+    let err = rust
+        .acquire(&k, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnableToAcquire(_)), "{err:?}");
+
+    // Released by the CLI (same token), the Rust host gets it ...
+    let release = format!(
+        r#"release({{key: "{k}", token: "{token}", validity-ms: 0, expires-at: 0}}, some(2000))"#
+    );
+    assert_eq!(invoke(&nodes, &release).await, "ok");
+    let lock = rust.acquire(&k, Duration::from_secs(2)).await.unwrap();
+
+    // ... and now the CLI is refused, with the WIT error, node by node.
+    let printed = invoke(
+        &nodes,
+        &format!(r#"acquire("{k}", {{ttl-ms: 10000, retry-count: some(1)}}, some(500))"#),
+    )
+    .await;
+    assert!(printed.starts_with("err(unable-to-acquire("), "{printed}");
+    // Decided as soon as a quorum refused: the third node may not have answered.
+    assert!(
+        printed.matches("outcome: refused").count() >= 2,
+        "{printed}"
+    );
+    // Its release of the Rust host's lock, with the wrong token, is refused.
+    let wrong = release.replace(&token, &"0".repeat(32));
+    assert!(
+        invoke(&nodes, &wrong)
+            .await
+            .starts_with("err(unable-to-release(")
+    );
+    assert_eq!(c.holding(&k, lock.token()), 3);
+    rust.release(&lock).await.unwrap();
+    assert_eq!(c.with_key(&k), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasmtime_cli_bad_input_and_bad_nodes_are_typed_errors() {
+    let c = Cluster::start(3);
+    let k = key("cli-portable-bad");
+    let acquire = |opts: &str, budget: &str| format!(r#"acquire("{k}", {opts}, {budget})"#);
+
+    // Checked before any I/O.
+    let cases = [
+        (acquire("{ttl-ms: 1000}", "none"), "err(deadline-needed)"),
+        (acquire("{ttl-ms: 0}", "some(100)"), "err(invalid-argument("),
+        (
+            r#"acquire("", {ttl-ms: 1000}, some(100))"#.to_owned(),
+            "err(invalid-argument(",
+        ),
+    ];
+    for (call, want) in &cases {
+        let got = invoke(&c.urls(), call).await;
+        assert!(got.starts_with(want), "{call}: {got}");
+    }
+    assert!(
+        invoke(&[], &acquire("{ttl-ms: 1000}", "some(100)"))
+            .await
+            .starts_with("err(invalid-argument(")
+    );
+
+    // Bad nodes fail alone; the good majority still decides.
+    let garbage = FakeServer::start(Hostile::Garbage).await;
+    let huge = FakeServer::start(Hostile::Oversized).await;
+    let reset = FakeServer::start(Hostile::ResetMidReply).await;
+    let mut nodes = c.urls();
+    nodes.extend([
+        garbage.url(),
+        huge.url(),
+        reset.url(),
+        "rediss://127.0.0.1:1".into(),
+    ]);
+    // 7 nodes: 3 good cannot make a quorum of 4; the reasons are typed.
+    let printed = invoke(
+        &nodes,
+        &acquire("{ttl-ms: 5000, retry-count: some(0)}", "some(1000)"),
+    )
+    .await;
+    assert!(printed.starts_with("err(unable-to-acquire("), "{printed}");
+    for want in [
+        "node: 3, outcome: failed(other(\"malformed reply",
+        "node: 4, outcome: failed(other(\"malformed reply",
+        "node: 5, outcome: failed(connection(",
+        "node: 6, outcome: failed(other(\"rediss:// (TLS)",
+    ] {
+        assert!(printed.contains(want), "{want} in {printed}");
+    }
+    // The good nodes were cleaned up after the failed attempt.
+    eventually("cleanup on the good nodes", || c.with_key(&k) == 0).await;
+
+    // With 3 good of 5, the lock is taken despite a garbage node.
+    let mut nodes = c.urls();
+    nodes.extend([garbage.url(), huge.url()]);
+    let printed = invoke(&nodes, &acquire("{ttl-ms: 5000}", "some(2000)")).await;
+    assert!(printed.starts_with("ok({"), "{printed}");
+    assert_eq!(c.holding(&k, &token_of(&printed)), 3);
+}
+
+// ---- Node.js, through jco -------------------------------------------------
+
+fn js_dir() -> PathBuf {
+    root().join("hosts/js")
+}
+
+/// Transpiles the portable component for Node.js once per test run.
+fn transpiled() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = js_dir();
+        assert!(
+            dir.join("node_modules/@bytecodealliance/jco").exists(),
+            "hosts/js/node_modules is missing: run ./scripts/setup (it runs `npm ci` there)"
+        );
+        let out = Command::new("npm")
+            .args(["run", "--silent", "build"])
+            .current_dir(&dir)
+            .output()
+            .expect("run npm (Node.js 20+ is needed)");
+        assert!(
+            out.status.success(),
+            "jco transpile: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// `node hosts/js/cli.mjs ARGS` with `nodes`: (exit code, printed JSON).
+async fn node_cli(nodes: &[String], args: &[&str]) -> (i32, serde_json::Value) {
+    transpiled();
+    let out = tokio::process::Command::new("node")
+        .arg(js_dir().join("cli.mjs"))
+        .args(args)
+        .env("REDLOCK_NODES", nodes.join(","))
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "node {args:?}: {e}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_host_locks_exclude_the_rust_host() {
+    let c = Cluster::start(3);
+    let nodes = c.urls();
+    let rust = rust_host(&c);
+    let k = key("node-portable");
+
+    let (code, lock) = node_cli(&nodes, &["acquire", &k, "10000"]).await;
+    assert_eq!(code, 0, "{lock}");
+    let token = lock["token"].as_str().unwrap().to_owned();
+    assert!(lock["validityMs"].as_u64().unwrap() > 9_000, "{lock}");
+    eventually("Node's lock on every node", || c.holding(&k, &token) == 3).await;
+
+    let err = rust
+        .acquire(&k, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnableToAcquire(_)), "{err:?}");
+
+    let (code, out) = node_cli(&nodes, &["release", &k, &token]).await;
+    assert_eq!((code, &out["released"]), (0, &serde_json::json!(true)));
+    let held = rust.acquire(&k, Duration::from_secs(2)).await.unwrap();
+
+    // Node is refused: a JavaScript Error subclass with the WIT error kind
+    // and what each node said.
+    let (code, out) = node_cli(&nodes, &["acquire", &k, "10000", "300"]).await;
+    assert_eq!(code, 1, "{out}");
+    let e = &out["error"];
+    assert_eq!(e["name"], "RedlockError");
+    assert_eq!(e["isError"], true);
+    assert_eq!(e["isRedlockError"], true);
+    assert_eq!(e["kind"], "unable-to-acquire");
+    let outcomes: Vec<_> = e["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["refused"; 3], "{e}");
+    assert_eq!(c.holding(&k, held.token()), 3);
+
+    // Bad input is a typed error before any I/O.
+    let (code, out) = node_cli(&nodes, &["acquire", &k, "0"]).await;
+    assert_eq!(
+        (code, &out["error"]["kind"]),
+        (1, &"invalid-argument".into())
+    );
+    rust.release(&held).await.unwrap();
+}
+
+// ---- a sandboxed plugin -----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_runs_its_job_under_the_lock_against_real_nodes() {
+    use plugin_host::{PLUGIN_WASM, PluginHost};
+    let c = Cluster::start(3);
+    let rust = rust_host(&c);
+    let ctx = c
+        .urls()
+        .into_iter()
+        .fold(redlock_wasm::RedisNodeCtx::builder(), |b, url| b.node(url))
+        .node_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let host = std::sync::Arc::new(PluginHost::new(PLUGIN_WASM, ctx).unwrap());
+    let job = key("plugin");
+    let k = format!("jobs/{job}");
+    let limit = Duration::from_secs(30);
+
+    // While the Rust host holds the job's lock, the plugin is refused, and
+    // its error says so.
+    let held = rust.acquire(&k, Duration::from_secs(2)).await.unwrap();
+    let err = host.run(&job, 1, 10, limit).await.unwrap().unwrap_err();
+    assert!(err.contains("is busy"), "{err}");
+    assert!(err.contains("node 0: refused"), "{err}");
+    rust.release(&held).await.unwrap();
+
+    // Two plugin instances at once: both finish, their critical sections
+    // do not overlap, and the lock is gone afterwards.
+    let run = |host: std::sync::Arc<PluginHost>, job: String| async move {
+        host.run(&job, 4, 50, limit).await.unwrap().unwrap()
+    };
+    let (a, b) = tokio::join!(
+        run(host.clone(), job.clone()),
+        run(host.clone(), job.clone())
+    );
+    assert_eq!((a.key.as_str(), b.key.as_str()), (k.as_str(), k.as_str()));
+    assert_eq!((a.steps, b.steps), (4, 4));
+    let (first, second) = if a.started_at < b.started_at {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(
+        first.finished_at < second.started_at,
+        "critical sections overlap: {first:?} {second:?}"
+    );
+    assert_eq!(c.with_key(&k), 0);
+
+    // Long steps make the plugin extend its lock (TTL 1.2 s, steps of 300
+    // ms: before the third, less than half the validity would be left).
+    let r = host.run(&job, 3, 300, limit).await.unwrap().unwrap();
+    assert!(r.extensions >= 1, "{r:?}");
+    assert_eq!(c.with_key(&k), 0);
+
+    // Bad input from the host reaches the plugin's typed error.
+    let err = host.run("", 1, 1, limit).await.unwrap().unwrap_err();
+    assert!(err.contains("job name"), "{err}");
+}
