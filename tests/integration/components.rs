@@ -425,3 +425,152 @@ async fn plugin_runs_its_job_under_the_lock_against_real_nodes() {
     let err = host.run("", 1, 1, limit).await.unwrap().unwrap_err();
     assert!(err.contains("job name"), "{err}");
 }
+
+// ---- the wasmtime CLI with nothing but loopback ------------------------------
+
+/// A network namespace of our own (`unshare -n`), with only `lo`, kept alive
+/// by a sleeping process; commands run in it with `nsenter`. Needs root (CI
+/// and this project's machines run the suite as root).
+struct LoopbackOnly {
+    holder: std::process::Child,
+    children: Vec<std::process::Child>,
+}
+
+impl LoopbackOnly {
+    fn new() -> Self {
+        let holder = Command::new("unshare")
+            .args(["-n", "sleep", "600"])
+            .spawn()
+            .expect("unshare (util-linux) is needed");
+        let ns = LoopbackOnly {
+            holder,
+            children: Vec::new(),
+        };
+        // `unshare` execs `sleep` once the namespace exists.
+        let pid = ns.holder.id();
+        let target = format!("/proc/{pid}/ns/net");
+        let start = std::time::Instant::now();
+        while std::fs::read_link(&target).ok() == std::fs::read_link("/proc/self/ns/net").ok() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no network namespace: `unshare -n` needs root (CAP_SYS_ADMIN)"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let up = ns.cmd("ip").args(["link", "set", "lo", "up"]).status();
+        assert!(up.is_ok_and(|s| s.success()), "ip link set lo up");
+        ns
+    }
+
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.holder.id().to_string())
+            .arg("-n")
+            .arg(program);
+        c
+    }
+
+    fn redis(&mut self, port: u16, dir: &Path) {
+        let child = self
+            .cmd(redlock_wasm::local::binary())
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.children.push(child);
+        let start = std::time::Instant::now();
+        loop {
+            let probe = self
+                .cmd("bash")
+                .arg("-c")
+                .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}"))
+                .stderr(std::process::Stdio::null())
+                .status();
+            if probe.is_ok_and(|s| s.success()) {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "redis on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LoopbackOnly {
+    fn drop(&mut self) {
+        for c in self
+            .children
+            .iter_mut()
+            .chain(std::iter::once(&mut self.holder))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The CLI in a network namespace whose only interface is loopback: the
+/// component reaches the nodes started there and nothing else (not even
+/// the root namespace's loopback), and its lock excludes the Rust host's
+/// (`redlock`, run in the same namespace).
+#[test]
+fn wasmtime_cli_with_only_loopback_reachable() {
+    let outside = Cluster::start(1);
+    let mut ns = LoopbackOnly::new();
+    let links = ns.cmd("ip").args(["-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert_eq!(links.lines().count(), 1, "only lo: {links}");
+    assert!(links.contains(": lo:"), "{links}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [7001, 7002, 7003];
+    for p in ports {
+        ns.redis(p, dir.path());
+    }
+    let nodes: Vec<String> = ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    let k = key("netns");
+    let wasmtime = |nodes: &[String], call: &str| {
+        let out = ns
+            .cmd(wasmtime_cli())
+            .args(["run", "-S", "inherit-network", "--env"])
+            .arg(format!("REDLOCK_NODES={}", nodes.join(",")))
+            .arg("--invoke")
+            .arg(call)
+            .arg(PORTABLE_WASM)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let printed = wasmtime(
+        &nodes,
+        &format!(r#"acquire("{k}", {{ttl-ms: 10000}}, some(2000))"#),
+    );
+    assert!(printed.starts_with("ok({"), "{printed}");
+
+    let rust = ns
+        .cmd(env!("CARGO_BIN_EXE_redlock"))
+        .args(["acquire", "--key", &k, "--ttl", "10s", "--wait", "300ms"])
+        .env("REDLOCK_NODES", nodes.join(","))
+        .output()
+        .unwrap();
+    assert_eq!(rust.status.code(), Some(75), "{rust:?}");
+
+    // A node outside the namespace (the root namespace's loopback) is out of
+    // reach: connection refused, inside.
+    let printed = wasmtime(
+        &outside.urls(),
+        &format!(r#"acquire("{k}", {{ttl-ms: 1000, retry-count: some(0)}}, some(500))"#),
+    );
+    assert!(
+        printed.contains("failed(connection(\"connect to 127.0.0.1:"),
+        "{printed}"
+    );
+    assert_eq!(outside.with_key(&k), 0);
+}
