@@ -2,8 +2,12 @@
 // the repository's tests (the Python host's cli.py prints the same shapes):
 //   node cli.mjs acquire KEY TTL_MS [BUDGET_MS]   -> {"key","token","validity_ms","expires_at"}
 //   node cli.mjs release KEY TOKEN [BUDGET_MS]    -> {"released":true}
+//   node cli.mjs cycle KEY N [WITNESS_FILE]       -> {"pairs":N,"p50_ms":...,"p99_ms":...}
+//     N acquire + release pairs in one instance; with WITNESS_FILE, each holder
+//     reads the number in it, pauses 2 ms, writes it + 1 (an overlap loses one).
 // Errors: {"error":{"type":"RedlockError","native":true,"kind":...,"message":...,"nodes":[...]}}
 // on stdout (native: it is an instance of JavaScript's Error), exit code 1.
+import { readFileSync, writeFileSync } from 'node:fs';
 import { acquire, release, RedlockError } from './redlock.mjs';
 
 const [cmd, key, arg, budget = '2000'] = process.argv.slice(2);
@@ -15,8 +19,26 @@ try {
   } else if (cmd === 'release') {
     release({ key, token: arg, validityMs: 0n, expiresAt: 0n }, Number(budget));
     print({ released: true });
+  } else if (cmd === 'cycle') {
+    const witness = process.argv[5];
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    const times = [];
+    for (let i = 0; i < Number(arg); i++) {
+      const t = performance.now();
+      const l = acquire(key, { ttlMs: 5000, retryDelayMs: 5, retryJitterMs: 10 }, 10000);
+      if (witness) {
+        const n = Number(readFileSync(witness, 'utf8') || '0');
+        Atomics.wait(pause, 0, 0, 2);
+        writeFileSync(witness, String(n + 1));
+      }
+      release(l, 1000);
+      times.push(performance.now() - t);
+    }
+    times.sort((a, b) => a - b);
+    const at = (q) => times[Math.min(times.length - 1, Math.floor(q * times.length))];
+    print({ pairs: times.length, p50_ms: at(0.5), p99_ms: at(0.99) });
   } else {
-    console.error('usage: node cli.mjs acquire KEY TTL_MS [BUDGET_MS] | release KEY TOKEN [BUDGET_MS]');
+    console.error('usage: node cli.mjs acquire KEY TTL_MS [BUDGET_MS] | release KEY TOKEN [BUDGET_MS] | cycle KEY N [WITNESS_FILE]');
     process.exit(2);
   }
 } catch (e) {

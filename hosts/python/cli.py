@@ -2,6 +2,9 @@
 
     python cli.py acquire KEY TTL_MS [BUDGET_MS]   -> {"key", "token", "validity_ms", "expires_at"}
     python cli.py release KEY TOKEN [BUDGET_MS]    -> {"released": true}
+    python cli.py cycle KEY N [WITNESS_FILE]       -> {"pairs": N, "p50_ms": ..., "p99_ms": ...}
+      N acquire + release pairs in one instance; with WITNESS_FILE, each holder
+      reads the number in it, pauses 2 ms, writes it + 1 (an overlap loses one).
 
 Nodes from REDLOCK_NODES. Errors: {"error": {"type": "RedlockError", "native": true,
 "kind", "message", "nodes"}} on stdout (native: it is a Python Exception), exit code 1.
@@ -11,24 +14,45 @@ The JavaScript host's cli.mjs prints the same shapes.
 import dataclasses
 import json
 import sys
+import time
 
 from redlock_wasm import Lock, Redlock, RedlockError
 
 
+def cycle(locks: Redlock, key: str, n: int, witness: str | None) -> dict:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        lock = locks.acquire(key, ttl_ms=5000, budget_ms=10_000, retry_delay_ms=5, retry_jitter_ms=10)
+        if witness:
+            with open(witness) as f:
+                count = int(f.read() or "0")
+            time.sleep(0.002)
+            with open(witness, "w") as f:
+                f.write(str(count + 1))
+        locks.release(lock)
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    at = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
+    return {"pairs": len(times), "p50_ms": at(0.5), "p99_ms": at(0.99)}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[0] not in ("acquire", "release"):
+    if len(argv) < 3 or argv[0] not in ("acquire", "release", "cycle"):
         print(__doc__, file=sys.stderr)
         return 2
     cmd, key, arg = argv[:3]
     try:
-        budget = int(argv[3]) if len(argv) > 3 else 2000
-        number = int(arg) if cmd == "acquire" else 0
+        budget = int(argv[3]) if len(argv) > 3 and cmd != "cycle" else 2000
+        number = int(arg) if cmd != "release" else 0
     except ValueError:
         print(f"not a number: {argv[3] if len(argv) > 3 else arg}", file=sys.stderr)
         return 2
     try:
         locks = Redlock()
-        if cmd == "acquire":
+        if cmd == "cycle":
+            out = cycle(locks, key, number, argv[3] if len(argv) > 3 else None)
+        elif cmd == "acquire":
             out = dataclasses.asdict(locks.acquire(key, ttl_ms=number, budget_ms=budget))
         else:
             locks.release(Lock(key=key, token=arg, validity_ms=0, expires_at=0), budget_ms=budget)

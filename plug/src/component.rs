@@ -267,19 +267,25 @@ impl Conn {
 
     /// False when broken, or stale enough to replace (see the constants).
     fn usable(&mut self, now: u64) -> bool {
-        self.pump();
-        let stale = match &self.state {
-            State::Broken(_) => return false,
+        if self.stale(now) {
+            // Replies may be waiting unread (nobody asked since): read first.
+            self.pump(true);
+            if self.stale(now) {
+                self.break_with(NodeError::Timeout);
+            }
+        }
+        !matches!(self.state, State::Broken(_))
+    }
+
+    fn stale(&self, now: u64) -> bool {
+        match &self.state {
+            State::Broken(_) => false,
             State::Connecting { since } => now.saturating_sub(*since) > CONNECT_STALE_NS,
             State::Open => self
                 .queue
                 .front()
                 .is_some_and(|s| now.saturating_sub(s.sent_at) > REPLY_STALE_NS),
-        };
-        if stale {
-            self.break_with(NodeError::Timeout);
         }
-        !stale
     }
 
     fn push(&mut self, args: &[&[u8]], expect: Expect, now: u64) -> Rc<Slot> {
@@ -302,8 +308,10 @@ impl Conn {
         slot
     }
 
-    /// Makes every step the socket allows now, without blocking.
-    fn pump(&mut self) {
+    /// Makes every step the socket allows now, without blocking; reads only
+    /// when `read` (just after a request is queued, no reply can be there:
+    /// each WASI call costs, a lot on some hosts).
+    fn pump(&mut self, read: bool) {
         if let State::Connecting { .. } = self.state {
             match self.socket.finish_connect() {
                 Ok(streams) => {
@@ -322,6 +330,9 @@ impl Conn {
         }
         if let Err(e) = self.flush() {
             return self.break_with(e);
+        }
+        if !read {
+            return;
         }
         match self.read() {
             Ok(closed) => {
@@ -377,9 +388,15 @@ impl Conn {
                     resp::MAX_BUFFERED
                 )));
             }
-            match input.read(READ_CHUNK.min(room as u64)) {
-                Ok(bytes) if bytes.is_empty() => return Ok(false),
-                Ok(bytes) => self.received.extend_from_slice(&bytes),
+            let want = READ_CHUNK.min(room as u64);
+            match input.read(want) {
+                Ok(bytes) => {
+                    self.received.extend_from_slice(&bytes);
+                    // A short read took all there was.
+                    if (bytes.len() as u64) < want {
+                        return Ok(false);
+                    }
+                }
                 Err(StreamError::Closed) => return Ok(true),
                 Err(e) => return Err(self.stream_error(e)),
             }
@@ -498,7 +515,7 @@ impl api::GuestPendingReply for PendingReply {
         if self.slot.result.borrow().is_none()
             && let Some(conn) = &self.conn
         {
-            conn.borrow_mut().pump();
+            conn.borrow_mut().pump(true);
         }
         self.slot.result.borrow().clone()
     }
@@ -513,7 +530,7 @@ fn request(node: u32, args: &[&[u8]], expect: Expect) -> api::PendingReply {
     let slot = {
         let mut c = conn.borrow_mut();
         let slot = c.push(args, expect, monotonic_clock::now());
-        c.pump();
+        c.pump(false);
         slot
     };
     api::PendingReply::new(PendingReply {
