@@ -643,3 +643,69 @@ fn wasmtime_cli_with_only_loopback_reachable() {
     );
     assert_eq!(outside.with_key(&k), 0);
 }
+
+/// Three languages on one key at once: the Rust host, Node.js and Python
+/// each take the lock 15 times and, holding it, read a counter in a file,
+/// pause 2 ms and write it + 1. Two holders at once would lose an update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_node_and_python_holders_never_overlap() {
+    const N: usize = 15;
+    let c = Cluster::start(3);
+    let k = key("three-languages");
+    let dir = tempfile::tempdir().unwrap();
+    let witness = dir.path().join("counter");
+    std::fs::write(&witness, "0").unwrap();
+    let bump = |w: &Path| {
+        let n: u64 = std::fs::read_to_string(w).unwrap().trim().parse().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        std::fs::write(w, (n + 1).to_string()).unwrap();
+    };
+
+    let spawn = |host: ScriptHost| {
+        host.ready();
+        let script = match host {
+            ScriptHost::Node => "cli.mjs",
+            ScriptHost::Python => "cli.py",
+        };
+        tokio::process::Command::new(host.program())
+            .arg(host.dir().join(script))
+            .args(["cycle", &k, &N.to_string()])
+            .arg(&witness)
+            .env("REDLOCK_NODES", c.urls().join(","))
+            .output()
+    };
+    let node = tokio::spawn(spawn(ScriptHost::Node));
+    let python = tokio::spawn(spawn(ScriptHost::Python));
+
+    let rust = Redlock::builder()
+        .nodes(c.urls())
+        .ttl(Duration::from_secs(5))
+        .node_timeout(Duration::from_millis(500))
+        .retry_delay(Duration::from_millis(5))
+        .retry_jitter(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    for _ in 0..N {
+        let lock = rust.acquire(&k, Duration::from_secs(20)).await.unwrap();
+        bump(&witness);
+        rust.release(&lock).await.unwrap();
+    }
+    for (name, out) in [("node", node.await), ("python", python.await)] {
+        let out = out.unwrap().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["pairs"], N, "{name}: {v}");
+    }
+    let total: usize = std::fs::read_to_string(&witness)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(total, 3 * N, "updates lost: holders overlapped");
+    eventually("no key left", || c.with_key(&k) == 0).await;
+}
