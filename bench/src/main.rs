@@ -8,6 +8,7 @@
 
 mod chart;
 mod contenders;
+mod hosts;
 mod measure;
 mod node;
 
@@ -56,6 +57,14 @@ enum Sub {
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
     },
+    /// One uncontended pair from each host of the lock core: the Rust host,
+    /// Python, Node.js and the wasmtime CLI (needs ./scripts/setup).
+    Hosts {
+        #[arg(long, default_value_t = 300)]
+        iters: usize,
+        #[arg(long, default_value_t = 21)]
+        cli_runs: usize,
+    },
     /// (internal) Hold N locks and report this process's memory.
     Rss {
         #[arg(long = "node")]
@@ -84,6 +93,9 @@ fn main() -> Result<()> {
             println!("{tp:.0} pairs/s");
             Ok(())
         }),
+        Some(Sub::Hosts { iters, cli_runs }) => {
+            rt.block_on(hosts::run(&workspace_root()?, iters, cli_runs))
+        }
         None => rt.block_on(run(args)),
     }
 }

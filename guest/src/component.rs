@@ -42,7 +42,7 @@ impl HostNodes {
     fn new() -> Self {
         Self {
             count: node::node_count(),
-            cancel: Some(node::cancellation()),
+            cancel: node::cancellation(),
             timer: None,
             ready: Vec::new(),
         }

@@ -705,17 +705,13 @@ impl Drop for PendingReply {
     }
 }
 
-/// Becomes ready when the operation's cancellation token fires; never, when
-/// there is none.
-struct Cancellation(Option<CancellationToken>);
+/// Becomes ready when the operation's cancellation token fires.
+struct Cancellation(CancellationToken);
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for Cancellation {
     async fn ready(&mut self) {
-        match &self.0 {
-            Some(token) => token.cancelled().await,
-            None => std::future::pending().await,
-        }
+        self.0.cancelled().await
     }
 }
 
@@ -795,9 +791,12 @@ impl node::Host for RedisNode<'_> {
         self.pending(node, Command::ExtendIfToken { key, token, ttl_ms })
     }
 
-    fn cancellation(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
-        let c = self.table.push(Cancellation(self.cancel.cloned()))?;
-        subscribe(self.table, c)
+    fn cancellation(&mut self) -> wasmtime::Result<Option<Resource<DynPollable>>> {
+        let Some(token) = self.cancel else {
+            return Ok(None);
+        };
+        let c = self.table.push(Cancellation(token.clone()))?;
+        Ok(Some(subscribe(self.table, c)?))
     }
 }
 

@@ -585,9 +585,11 @@ impl api::Guest for Component {
         request(node, &args, Expect::OneOrZero)
     }
 
-    fn cancellation() -> Pollable {
-        // Nothing outside can cancel a call here: a pollable that never fires.
-        monotonic_clock::subscribe_instant(u64::MAX)
+    fn cancellation() -> Option<Pollable> {
+        // Nothing outside can cancel a call here. (A never-ready clock
+        // pollable would cost a timer per call under jco's Node.js shim,
+        // which clamps far deadlines to a 1 ms timer that re-arms forever.)
+        None
     }
 }
 

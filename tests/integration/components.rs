@@ -459,7 +459,8 @@ async fn plugin_runs_its_job_under_the_lock_against_real_nodes() {
     let held = rust.acquire(&k, Duration::from_secs(2)).await.unwrap();
     let err = host.run(&job, 1, 10, limit).await.unwrap().unwrap_err();
     assert!(err.contains("is busy"), "{err}");
-    assert!(err.contains("node 0: refused"), "{err}");
+    // Decided when a quorum refused; the last node may not have answered.
+    assert!(err.matches(": refused").count() >= 2, "{err}");
     rust.release(&held).await.unwrap();
 
     // Two plugin instances at once: both finish, their critical sections
