@@ -22,7 +22,7 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
 use crate::support::servers::{FakeServer, Hostile};
-use crate::support::{Cluster, eventually, key};
+use crate::support::{Cluster, Inspect, eventually, key, start_node};
 
 #[allow(dead_code)] // its `main` is the example's, not the test's
 #[path = "../../host/examples/plugin_host.rs"]
@@ -266,6 +266,50 @@ async fn wasmtime_cli_bad_input_and_bad_nodes_are_typed_errors() {
     let printed = invoke(&nodes, &acquire("{ttl-ms: 5000}", "some(2000)")).await;
     assert!(printed.starts_with("ok({"), "{printed}");
     assert_eq!(c.holding(&k, &token_of(&printed)), 3);
+}
+
+/// The plug's connection set-up: `AUTH user password` and `SELECT db` from
+/// the URL, pipelined before the first command; a refused AUTH fails the
+/// node's requests with the server's own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasmtime_cli_authenticates_and_selects_the_database() {
+    let n = start_node();
+    let _: () = n
+        .cmd(&["ACL", "SETUSER", "locker", "on", ">right", "~*", "+@all"])
+        .unwrap();
+    let good = n.url().replace("redis://", "redis://locker:right@") + "/2";
+    let k = key("cli-auth-db");
+    let printed = invoke(
+        std::slice::from_ref(&good),
+        &format!(r#"acquire("{k}", {{ttl-ms: 10000}}, some(2000))"#),
+    )
+    .await;
+    assert!(printed.starts_with("ok({"), "{printed}");
+    let token = token_of(&printed);
+    let mut db2 = redis::Client::open(good.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let stored: Option<String> = redis::cmd("GET").arg(&k).query(&mut db2).unwrap();
+    assert_eq!(stored.as_deref(), Some(token.as_str()), "in database 2");
+    let mut db0 = redis::Client::open(good.trim_end_matches("/2"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let in_db0: bool = redis::cmd("EXISTS").arg(&k).query(&mut db0).unwrap();
+    assert!(!in_db0, "not in database 0");
+
+    let bad = good.replace(":right@", ":wrong@");
+    let printed = invoke(
+        &[bad],
+        &format!(r#"acquire("{k}-2", {{ttl-ms: 1000, retry-count: some(0)}}, some(500))"#),
+    )
+    .await;
+    assert!(
+        printed.contains("failed(redis(\"WRONGPASS"),
+        "the server's error: {printed}"
+    );
+    assert!(!printed.contains(":wrong@"), "no password: {printed}");
 }
 
 // ---- Node.js (jco) and Python (wasmtime-py) --------------------------------
