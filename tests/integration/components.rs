@@ -43,6 +43,20 @@ fn rust_host(c: &Cluster) -> Redlock {
         .expect("manager")
 }
 
+/// Another host holds `k` with `token` (on a quorum at least: a process may
+/// exit before its last node's SET), and the Rust host cannot take it.
+async fn rust_host_is_refused(c: &Cluster, rust: &Redlock, k: &str, token: &str) {
+    eventually("the other host's lock on a quorum", || {
+        c.holding(k, token) >= 2
+    })
+    .await;
+    let err = rust
+        .acquire(k, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnableToAcquire(_)), "{err:?}");
+}
+
 /// Import and export names of a component, as a host sees them.
 fn interface_names(wasm: &[u8]) -> (Vec<String>, Vec<String>) {
     let engine = Engine::new(&Config::new()).unwrap();
@@ -119,16 +133,22 @@ fn wasmtime_cli() -> PathBuf {
         .clone()
 }
 
-/// `wasmtime run --invoke CALL` on the portable component with `nodes`;
-/// the printed WAVE value.
-async fn invoke(nodes: &[String], call: &str) -> String {
-    let out = tokio::process::Command::new(wasmtime_cli())
-        // wasi:sockets needs the host's network; the nodes are loopback.
-        .args(["run", "-S", "inherit-network", "--env"])
+/// Appends `run --invoke CALL` on the portable component with `nodes` to a
+/// command that runs the wasmtime CLI.
+fn wasmtime_invoke(mut cmd: Command, nodes: &[String], call: &str) -> Command {
+    // wasi:sockets needs the host's network; the nodes are loopback.
+    cmd.args(["run", "-S", "inherit-network", "--env"])
         .arg(format!("REDLOCK_NODES={}", nodes.join(",")))
         .arg("--invoke")
         .arg(call)
-        .arg(PORTABLE_WASM)
+        .arg(PORTABLE_WASM);
+    cmd
+}
+
+/// `wasmtime run --invoke CALL` with `nodes`; the printed WAVE value.
+async fn invoke(nodes: &[String], call: &str) -> String {
+    let cmd = wasmtime_invoke(Command::new(wasmtime_cli()), nodes, call);
+    let out = tokio::process::Command::from(cmd)
         .output()
         .await
         .expect("run wasmtime");
@@ -165,15 +185,7 @@ async fn wasmtime_cli_locks_exclude_the_rust_host() {
     .await;
     assert!(printed.starts_with("ok({"), "{printed}");
     let token = token_of(&printed);
-    // A quorum at least: the process may exit before the last node's SET.
-    eventually("the CLI's lock on a quorum", || c.holding(&k, &token) >= 2).await;
-
-    // The Rust host cannot take it.
-    let err = rust
-        .acquire(&k, Duration::from_millis(300))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::UnableToAcquire(_)), "{err:?}");
+    rust_host_is_refused(&c, &rust, &k, &token).await;
 
     // Released by the CLI (same token), the Rust host gets it ...
     let release = format!(
@@ -406,13 +418,7 @@ async fn script_host_excludes_the_rust_host(host: ScriptHost) {
     assert_eq!(code, 0, "{lock}");
     let token = lock["token"].as_str().unwrap().to_owned();
     assert!(lock["validity_ms"].as_u64().unwrap() > 9_000, "{lock}");
-    eventually("the lock on a quorum", || c.holding(&k, &token) >= 2).await;
-
-    let err = rust
-        .acquire(&k, Duration::from_millis(300))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::UnableToAcquire(_)), "{err:?}");
+    rust_host_is_refused(&c, &rust, &k, &token).await;
 
     let (code, out) = host.cli(&nodes, &["release", &k, &token]).await;
     assert_eq!((code, &out["released"]), (0, &serde_json::json!(true)));
@@ -650,13 +656,7 @@ fn wasmtime_cli_with_only_loopback_reachable() {
         .collect();
     let k = key("netns");
     let wasmtime = |nodes: &[String], call: &str| {
-        let out = ns
-            .cmd(wasmtime_cli())
-            .args(["run", "-S", "inherit-network", "--env"])
-            .arg(format!("REDLOCK_NODES={}", nodes.join(",")))
-            .arg("--invoke")
-            .arg(call)
-            .arg(PORTABLE_WASM)
+        let out = wasmtime_invoke(ns.cmd(wasmtime_cli()), nodes, call)
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
