@@ -11,6 +11,8 @@ Nodes from REDLOCK_NODES. Errors: {"error": {"type": "RedlockError", "native": t
 The JavaScript host's cli.mjs prints the same shapes.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import sys
