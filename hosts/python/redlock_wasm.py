@@ -24,6 +24,7 @@ thread-safe (use one per thread).
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,12 @@ class Redlock:
     """The lock, with `nodes` (redis:// URLs) or REDLOCK_NODES from the environment."""
 
     def __init__(self, nodes: Optional[list[str]] = None, wasm: Optional[os.PathLike] = None):
+        version = importlib.metadata.version("wasmtime")
+        if int(version.split(".")[0]) >= 48:
+            raise RuntimeError(
+                f"wasmtime {version} (PyPI) cannot grant the component TCP: from 48 on TCP "
+                "must be allowed explicitly and the package has no way to; install "
+                "wasmtime==47.0.1 (hosts/python/requirements.txt)")
         urls = ",".join(nodes) if nodes is not None else os.environ.get("REDLOCK_NODES", "")
         path = Path(wasm) if wasm is not None else DEFAULT_WASM
         if not path.exists():
