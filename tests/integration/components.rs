@@ -754,3 +754,180 @@ async fn rust_node_and_python_holders_never_overlap() {
     assert_eq!(total, 3 * N, "updates lost: holders overlapped");
     eventually("no key left", || c.with_key(&k) == 0).await;
 }
+
+// ---- the portable component in an embedder of our own, under node faults ----
+
+/// The portable component in one long-lived instance, embedded with
+/// wasmtime-wasi: TCP allowed to loopback addresses only (the check every
+/// connect passes through), nothing else granted. Calls go through dynamic
+/// `Val`s, as a host in another language would see them.
+struct Portable {
+    store: wasmtime::Store<PortableCtx>,
+    acquire: wasmtime::component::Func,
+    release: wasmtime::component::Func,
+}
+
+struct PortableCtx {
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for PortableCtx {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl Portable {
+    async fn new(nodes: &[String]) -> Self {
+        use wasmtime::component::{Linker, ResourceTable};
+        let engine = Engine::new(&Config::new()).unwrap();
+        let component = Component::from_file(&engine, PORTABLE_WASM).unwrap();
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .env("REDLOCK_NODES", nodes.join(","))
+            .allow_tcp(true)
+            .socket_addr_check(|addr, used| {
+                use wasmtime_wasi::sockets::SocketAddrUse;
+                let ok = match used {
+                    // A connect binds an ephemeral local port implicitly.
+                    SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                    SocketAddrUse::TcpConnect => addr.ip().is_loopback(),
+                    _ => false,
+                };
+                Box::pin(async move { ok })
+            })
+            .build();
+        let ctx = PortableCtx {
+            wasi,
+            table: ResourceTable::new(),
+        };
+        let mut store = wasmtime::Store::new(&engine, ctx);
+        let instance = linker
+            .instantiate_async(&mut store, &component)
+            .await
+            .unwrap();
+        let iface = instance
+            .get_export_index(&mut store, None, "redlock:core/redlock@0.1.0")
+            .unwrap();
+        let mut func = |name: &str| {
+            let idx = instance
+                .get_export_index(&mut store, Some(&iface), name)
+                .unwrap();
+            instance.get_func(&mut store, idx).unwrap()
+        };
+        let (acquire, release) = (func("acquire"), func("release"));
+        Portable {
+            store,
+            acquire,
+            release,
+        }
+    }
+
+    /// `Ok(lock record)` or `Err(error variant)`.
+    async fn call(&mut self, f: wasmtime::component::Func, args: &[Val]) -> Result<Val, Val> {
+        let mut out = [Val::Bool(false)];
+        f.call_async(&mut self.store, args, &mut out).await.unwrap();
+        match std::mem::replace(&mut out[0], Val::Bool(false)) {
+            Val::Result(Ok(v)) => Ok(v.map_or(Val::Tuple(Vec::new()), |b| *b)),
+            Val::Result(Err(e)) => Err(*e.expect("the error variant")),
+            other => panic!("not a result: {other:?}"),
+        }
+    }
+
+    async fn acquire(&mut self, key: &str, ttl_ms: u64, budget_ms: u64) -> Result<Val, Val> {
+        let options = Val::Record(vec![
+            ("ttl-ms".into(), Val::U64(ttl_ms)),
+            (
+                "retry-count".into(),
+                Val::Option(Some(Box::new(Val::U32(0)))),
+            ),
+            ("retry-delay-ms".into(), Val::Option(None)),
+            ("retry-jitter-ms".into(), Val::Option(None)),
+        ]);
+        let budget = Val::Option(Some(Box::new(Val::U64(budget_ms))));
+        let f = self.acquire;
+        self.call(f, &[Val::String(key.into()), options, budget])
+            .await
+    }
+
+    async fn release(&mut self, lock: Val) -> Result<Val, Val> {
+        let budget = Val::Option(Some(Box::new(Val::U64(1000))));
+        let f = self.release;
+        self.call(f, &[lock, budget]).await
+    }
+}
+
+use wasmtime::component::Val;
+
+/// The token of a lock record.
+fn token_in(lock: &Val) -> String {
+    let Val::Record(fields) = lock else {
+        panic!("not a lock: {lock:?}")
+    };
+    match fields.iter().find(|(n, _)| n == "token") {
+        Some((_, Val::String(t))) => t.clone(),
+        _ => panic!("no token: {lock:?}"),
+    }
+}
+
+/// One instance lives through a node killed, restarted on its port, and
+/// paused: the quorum decides meanwhile, the plug reconnects by itself, and
+/// a node outside loopback is refused by the embedder before any traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portable_component_lives_through_node_faults() {
+    let mut c = Cluster::start(3);
+    let mut p = Portable::new(&c.urls()).await;
+    let k = key("portable-faults");
+    for _ in 0..20 {
+        let lock = p.acquire(&k, 10_000, 2_000).await.unwrap();
+        p.release(lock).await.unwrap();
+    }
+
+    // Node 0 dies: two of three still grant and release.
+    c.nodes[0].kill();
+    let lock = p.acquire(&k, 10_000, 2_000).await.expect("2 of 3 grant");
+    assert_eq!(c.holding(&k, &token_in(&lock)), 2);
+    p.release(lock).await.expect("2 of 3 release");
+
+    // Back on the same port: the broken connection is replaced at the next
+    // call, and node 0 holds the locks again.
+    c.nodes[0].restart().unwrap();
+    let mut all_three = false;
+    for _ in 0..50 {
+        let lock = p.acquire(&k, 10_000, 2_000).await.unwrap();
+        all_three = c.holding(&k, &token_in(&lock)) == 3 || {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            c.holding(&k, &token_in(&lock)) == 3
+        };
+        p.release(lock).await.unwrap();
+        if all_three {
+            break;
+        }
+    }
+    assert!(all_three, "node 0 never came back into use");
+
+    // Node 1 paused (accepts, never answers): decided by the other two,
+    // long before the budget.
+    c.nodes[1].pause().unwrap();
+    let start = std::time::Instant::now();
+    let lock = p.acquire(&k, 10_000, 5_000).await.expect("2 of 3 grant");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    p.release(lock).await.expect("2 of 3 release");
+    c.nodes[1].resume().unwrap();
+    eventually("no key left", || c.with_key(&k) == 0).await;
+
+    // Outside loopback: refused by the embedder's address check.
+    let mut outside = Portable::new(&["redis://192.0.2.1:6379".into()]).await;
+    let err = outside.acquire(&k, 1_000, 300).await.unwrap_err();
+    let text = format!("{err:?}");
+    assert!(text.contains("access-denied"), "{text}");
+}
