@@ -97,8 +97,8 @@ impl Plug {
     }
 
     /// The live connection to `node`, opening one when there is none or the
-    /// last one broke or went stale.
-    fn conn(&mut self, node: u32) -> Result<Rc<RefCell<Conn>>, NodeError> {
+    /// last one broke or went stale; true when it was already open.
+    fn conn(&mut self, node: u32) -> Result<(Rc<RefCell<Conn>>, bool), NodeError> {
         let count = self.nodes.len();
         let now = monotonic_clock::now();
         let Some(n) = self.nodes.get_mut(node as usize) else {
@@ -109,7 +109,7 @@ impl Plug {
         };
         if let Some(c) = &n.conn {
             if c.borrow_mut().usable(now) {
-                return Ok(c.clone());
+                return Ok((c.clone(), true));
             }
             n.conn = None;
         }
@@ -125,7 +125,7 @@ impl Plug {
         let conn = Conn::open(self.network(), &endpoint, addr, now)?;
         let conn = Rc::new(RefCell::new(conn));
         self.nodes[node as usize].conn = Some(conn.clone());
-        Ok(conn)
+        Ok((conn, false))
     }
 }
 
@@ -256,23 +256,24 @@ impl Conn {
                 args.push(user.as_bytes());
             }
             args.push(password.as_bytes());
-            conn.push(&args, Expect::Ok, now);
+            conn.push(&encoded(&args), Expect::Ok, now);
         }
         if endpoint.db != 0 {
             let db = endpoint.db.to_string();
-            conn.push(&[b"SELECT", db.as_bytes()], Expect::Ok, now);
+            conn.push(&encoded(&[b"SELECT", db.as_bytes()]), Expect::Ok, now);
         }
         Ok(conn)
     }
 
     /// False when broken, or stale enough to replace (see the constants).
     fn usable(&mut self, now: u64) -> bool {
+        // The server may have closed it since the last call (its `timeout`,
+        // a restart, a proxy), and replies nobody waited for may be pending
+        // (so the oldest request may look overdue when it is not): one step
+        // finds out and takes them.
+        self.pump(true);
         if self.stale(now) {
-            // Replies may be waiting unread (nobody asked since): read first.
-            self.pump(true);
-            if self.stale(now) {
-                self.break_with(NodeError::Timeout);
-            }
+            self.break_with(NodeError::Timeout);
         }
         !matches!(self.state, State::Broken(_))
     }
@@ -288,7 +289,7 @@ impl Conn {
         }
     }
 
-    fn push(&mut self, args: &[&[u8]], expect: Expect, now: u64) -> Rc<Slot> {
+    fn push(&mut self, command: &[u8], expect: Expect, now: u64) -> Rc<Slot> {
         let slot = Rc::new(Slot {
             expect,
             sent_at: now,
@@ -302,7 +303,7 @@ impl Conn {
                 self.label
             ))));
         } else {
-            resp::encode(&mut self.unsent, args);
+            self.unsent.extend_from_slice(command);
             self.queue.push_back(slot.clone());
         }
         slot
@@ -334,15 +335,16 @@ impl Conn {
         if !read {
             return;
         }
-        match self.read() {
-            Ok(closed) => {
-                if let Err(e) = self.complete() {
-                    return self.break_with(e);
-                }
-                if closed {
-                    let msg = format!("connection closed by {}", self.label);
-                    self.break_with(NodeError::Connection(msg));
-                }
+        // Replies that arrived before a close or an error still count.
+        let read = self.read();
+        if let Err(e) = self.complete() {
+            return self.break_with(e);
+        }
+        match read {
+            Ok(false) => {}
+            Ok(true) => {
+                let msg = format!("connection closed by {}", self.label);
+                self.break_with(NodeError::Connection(msg));
             }
             Err(e) => self.break_with(e),
         }
@@ -485,11 +487,27 @@ fn ready_now() -> Pollable {
     monotonic_clock::subscribe_duration(0)
 }
 
+fn encoded(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    resp::encode(&mut out, args);
+    out
+}
+
 /// The exported `pending-reply`.
-pub struct PendingReply {
+pub struct PendingReply(RefCell<Request>);
+
+struct Request {
     slot: Rc<Slot>,
     /// `None` when the request failed before reaching a connection.
     conn: Option<Rc<RefCell<Conn>>>,
+    /// What to send again, once, on a new connection if the reused one
+    /// turns out dead before answering (a server-side idle close racing
+    /// this request). Safe: `SET NX` with the same token and the two
+    /// compare-and-... scripts may run twice.
+    resend: Option<(u32, Vec<u8>)>,
+    /// The connection given up for the resend: a pollable the caller may
+    /// still hold is its child, so it lives as long as this reply.
+    given_up: Option<Rc<RefCell<Conn>>>,
 }
 
 impl PendingReply {
@@ -499,44 +517,67 @@ impl PendingReply {
             sent_at: 0,
             result: RefCell::new(Some(Reply::Failed(e))),
         });
-        api::PendingReply::new(PendingReply { slot, conn: None })
+        api::PendingReply::new(PendingReply(RefCell::new(Request {
+            slot,
+            conn: None,
+            resend: None,
+            given_up: None,
+        })))
     }
 }
 
 impl api::GuestPendingReply for PendingReply {
     fn subscribe(&self) -> Pollable {
-        match &self.conn {
-            Some(conn) if self.slot.result.borrow().is_none() => conn.borrow().pollable(),
+        let r = self.0.borrow();
+        match &r.conn {
+            Some(conn) if r.slot.result.borrow().is_none() => conn.borrow().pollable(),
             _ => ready_now(),
         }
     }
 
     fn get(&self) -> Option<Reply> {
-        if self.slot.result.borrow().is_none()
-            && let Some(conn) = &self.conn
+        let mut r = self.0.borrow_mut();
+        if r.slot.result.borrow().is_none()
+            && let Some(conn) = &r.conn
         {
             conn.borrow_mut().pump(true);
         }
-        self.slot.result.borrow().clone()
+        let reply = r.slot.result.borrow().clone();
+        if let Some(Reply::Failed(NodeError::Connection(_))) = &reply
+            && let Some((node, command)) = r.resend.take()
+            && let Ok((conn, _)) = PLUG.with(|p| p.borrow_mut().conn(node))
+        {
+            let expect = r.slot.expect;
+            let slot = send(&conn, &command, expect);
+            r.given_up = r.conn.replace(conn);
+            r.slot = slot;
+            // Not the reply yet: the caller subscribes again (see the WIT).
+            return r.slot.result.borrow().clone();
+        }
+        reply
     }
 }
 
+fn send(conn: &Rc<RefCell<Conn>>, command: &[u8], expect: Expect) -> Rc<Slot> {
+    let mut c = conn.borrow_mut();
+    let slot = c.push(command, expect, monotonic_clock::now());
+    c.pump(false);
+    slot
+}
+
 fn request(node: u32, args: &[&[u8]], expect: Expect) -> api::PendingReply {
-    let conn = PLUG.with(|p| p.borrow_mut().conn(node));
-    let conn = match conn {
+    let (conn, reused) = match PLUG.with(|p| p.borrow_mut().conn(node)) {
         Ok(c) => c,
         Err(e) => return PendingReply::failed(e),
     };
-    let slot = {
-        let mut c = conn.borrow_mut();
-        let slot = c.push(args, expect, monotonic_clock::now());
-        c.pump(false);
-        slot
-    };
-    api::PendingReply::new(PendingReply {
+    let command = encoded(args);
+    let slot = send(&conn, &command, expect);
+    api::PendingReply::new(PendingReply(RefCell::new(Request {
         slot,
         conn: Some(conn),
-    })
+        resend: reused.then_some((node, command)),
+        given_up: None,
+    })))
 }
 
 struct Component;

@@ -3,8 +3,13 @@
 //! `redis://[user[:password]@]host[:port][/db]` or plain `host:port`.
 //!
 //! `rediss://` (TLS) is refused with a clear message: WASI 0.2 has no TLS.
+//! Empty entries are skipped (a trailing comma is harmless), as the CLI does.
 //! A bad entry does not hide the good ones: it keeps its place (node indices
-//! stay stable) and every request to it fails with the parse error.
+//! stay stable) and every request to it fails with the parse error, which
+//! never repeats the entry's text (it may hold a password: a comma inside a
+//! password must be written `%2C`, or the entry is split there). A second
+//! entry for the same host, port and database is refused the same way, so
+//! no server counts twice towards a quorum.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -50,29 +55,44 @@ impl fmt::Debug for Endpoint {
     }
 }
 
-/// Parses the whole list. One entry per comma; blanks around entries are
-/// ignored, empty entries are errors (they usually mean a typo).
+/// Parses the whole list. One entry per comma; blanks around entries and
+/// empty entries are ignored.
 pub fn parse_nodes(list: &str) -> Vec<Result<Endpoint, String>> {
-    if list.trim().is_empty() {
-        return Vec::new();
-    }
-    let mut nodes: Vec<Result<Endpoint, String>> = list.split(',').map(parse_node).collect();
-    if nodes.len() > MAX_NODES {
+    let entries: Vec<&str> = list.split(',').filter(|e| !e.trim().is_empty()).collect();
+    if entries.len() > MAX_NODES {
         let err = format!(
             "{NODES_VAR} lists {} nodes; at most {MAX_NODES}",
-            nodes.len()
+            entries.len()
         );
-        nodes.truncate(MAX_NODES);
-        nodes.iter_mut().for_each(|n| *n = Err(err.clone()));
+        return vec![Err(err); MAX_NODES];
+    }
+    let mut nodes: Vec<Result<Endpoint, String>> = entries.into_iter().map(parse_node).collect();
+    for i in 0..nodes.len() {
+        let dup = match &nodes[i] {
+            Ok(e) => nodes[..i].iter().position(|earlier| {
+                earlier
+                    .as_ref()
+                    .is_ok_and(|o| (&o.host, o.port, o.db) == (&e.host, e.port, e.db))
+            }),
+            Err(_) => None,
+        };
+        if let Some(j) = dup {
+            nodes[i] = Err(format!("same server and database as node {j}"));
+        }
+    }
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if let Err(e) = n {
+            *e = format!("{NODES_VAR} entry {i}: {e}");
+        }
     }
     nodes
 }
 
-/// Parses one entry. Errors never contain the password.
+/// Parses one entry. Errors never repeat the entry's text.
 pub fn parse_node(entry: &str) -> Result<Endpoint, String> {
     let entry = entry.trim();
     if entry.is_empty() {
-        return Err(format!("empty entry in {NODES_VAR}"));
+        return Err("empty node address".into());
     }
     let rest = if let Some(rest) = entry.strip_prefix("redis://") {
         rest
@@ -81,15 +101,19 @@ pub fn parse_node(entry: &str) -> Result<Endpoint, String> {
             "rediss:// (TLS) is not available over WASI 0.2 sockets; use the wasmtime host for TLS"
                 .into(),
         );
-    } else if entry.contains("://") {
+    } else if let Some((scheme, _)) = entry.split_once("://") {
+        let scheme: String = scheme.chars().take(16).collect();
         return Err(format!(
-            "unsupported scheme in {:?}: use redis://host:port",
-            redact(entry)
+            "unsupported scheme {scheme:?}: use redis://host:port"
         ));
     } else {
         entry
     };
-    let bad = || format!("malformed node address {:?}", redact(entry));
+    let bad = || {
+        "malformed node address: expected redis://[user[:password]@]host[:port][/db] \
+         (write a comma in a password as %2C)"
+            .to_owned()
+    };
     let (userinfo, hostpart) = match rest.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
         None => (None, rest),
@@ -112,12 +136,10 @@ pub fn parse_node(entry: &str) -> Result<Endpoint, String> {
                 Some(p) => Some(percent_decode(p).ok_or_else(bad)?),
                 None => None,
             };
-            // `redis://:secret@host` is a password without a user name.
+            // `redis://:secret@host`: a password without a user name;
+            // `redis://user@host`: a user name only, so no AUTH (as redis-rs).
             let user = (!user.is_empty()).then_some(user);
-            match (user, pass) {
-                (Some(u), None) => (None, Some(u)),
-                (u, p) => (u, p),
-            }
+            (user, pass)
         }
     };
     Ok(Endpoint {
@@ -188,15 +210,6 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The entry with any `user:password@` part replaced.
-fn redact(entry: &str) -> String {
-    match (entry.find("://"), entry.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***@{}", &entry[..s + 3], &entry[at + 1..]),
-        (None, Some(at)) => format!("***@{}", &entry[at + 1..]),
-        _ => entry.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +241,8 @@ mod tests {
         assert_eq!(e.password.as_deref(), Some("p@ss"));
         let e = ok("redis://:secret@127.0.0.1");
         assert_eq!((e.username, e.password.as_deref()), (None, Some("secret")));
+        let e = ok("redis://app@127.0.0.1");
+        assert_eq!((e.username.as_deref(), e.password), (Some("app"), None));
     }
 
     #[test]
@@ -245,19 +260,32 @@ mod tests {
             "unix:///tmp/redis.sock",
             "rediss://u:hunter2@127.0.0.1",
             "redis://u:hunter2@127.0.0.1:99999",
+            "redis://u:hunter2",
+            "http://u:hunter2@x",
         ] {
             let err = parse_node(bad).expect_err(bad);
             assert!(!err.contains("hunter2"), "{bad}: {err}");
         }
+        // A comma inside a password splits the entry: neither half may
+        // show any of it, and the second half is not a server.
+        for n in parse_nodes("redis://u:hun,ter2@127.0.0.1") {
+            if let Err(e) = n {
+                assert!(!e.contains("hun") && !e.contains("ter2"), "{e}");
+            }
+        }
+        let e = ok("redis://u:hun%2Cter2@127.0.0.1");
+        assert_eq!(e.password.as_deref(), Some("hun,ter2"));
         assert!(parse_node("rediss://x").unwrap_err().contains("TLS"));
     }
 
     #[test]
     fn keeps_positions_and_limits_the_count() {
-        let nodes = parse_nodes(" 127.0.0.1:1, nope:x ,127.0.0.1:3");
-        assert_eq!(nodes.len(), 3);
+        let nodes = parse_nodes(" 127.0.0.1:1, nope:x ,127.0.0.1:3,");
+        assert_eq!(nodes.len(), 3, "a trailing comma adds no node");
         assert!(nodes[0].is_ok() && nodes[1].is_err() && nodes[2].is_ok());
+        assert!(nodes[1].as_ref().unwrap_err().contains("entry 1"));
         assert!(parse_nodes("  ").is_empty());
+        assert!(parse_nodes(",,").is_empty());
         let many = vec!["127.0.0.1:1"; MAX_NODES + 1].join(",");
         let nodes = parse_nodes(&many);
         assert_eq!(nodes.len(), MAX_NODES);
@@ -265,6 +293,16 @@ mod tests {
             nodes
                 .iter()
                 .all(|n| n.as_ref().is_err_and(|e| e.contains("at most")))
+        );
+    }
+
+    #[test]
+    fn refuses_a_server_listed_twice() {
+        let nodes = parse_nodes("127.0.0.1:1,redis://127.0.0.1:1/0,127.0.0.1:1/2,[::1]:1");
+        assert!(nodes[0].is_ok() && nodes[2].is_ok() && nodes[3].is_ok());
+        assert!(
+            nodes[1].as_ref().unwrap_err().contains("as node 0"),
+            "{nodes:?}"
         );
     }
 

@@ -265,7 +265,7 @@ async fn wasmtime_cli_bad_input_and_bad_nodes_are_typed_errors() {
         "node: 3, outcome: failed(other(\"malformed reply",
         "node: 4, outcome: failed(other(\"malformed reply",
         "node: 5, outcome: failed(connection(",
-        "node: 6, outcome: failed(other(\"rediss:// (TLS)",
+        "node: 6, outcome: failed(other(\"REDLOCK_NODES entry 6: rediss:// (TLS)",
     ] {
         assert!(printed.contains(want), "{want} in {printed}");
     }
@@ -887,6 +887,22 @@ async fn portable_component_lives_through_node_faults() {
         let lock = p.acquire(&k, 10_000, 2_000).await.unwrap();
         p.release(lock).await.unwrap();
     }
+
+    // Every node closes our idle connections (as Redis's `timeout` does),
+    // just before the next call: the plug reads before reuse, and a request
+    // that still met a dead connection is sent once more on a new one.
+    for n in &c.nodes {
+        let killed: i64 = n
+            .cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .unwrap();
+        assert!(killed >= 1, "our connection was open");
+    }
+    // (One attempt only: without both, every SET would fail.)
+    let lock = p.acquire(&k, 10_000, 2_000).await.expect("reconnected");
+    let token = token_in(&lock);
+    // A quorum at least: the call returns once two granted.
+    eventually("a quorum after reconnecting", || c.holding(&k, &token) >= 2).await;
+    p.release(lock).await.unwrap();
 
     // Node 0 dies: two of three still grant and release.
     c.nodes[0].kill();
