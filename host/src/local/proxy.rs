@@ -111,83 +111,11 @@ async fn connection(client: TcpStream, target: u16, mode: watch::Receiver<Mode>)
         }
     };
     let _ = server.set_nodelay(true);
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let mut m_up = mode.clone();
-    let mut mode = mode;
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
     let mut m_reset = mode.clone();
-    let up = async move {
-        // Client to server: commands.
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match cr.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            loop {
-                let m = *m_up.borrow_and_update();
-                match m {
-                    Mode::Hold => {
-                        if m_up.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                    Mode::Blackhole => break,
-                    Mode::Reset => return,
-                    _ => {
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    let down = async move {
-        // Server to client: replies.
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match sr.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            loop {
-                let m = *mode.borrow_and_update();
-                match m {
-                    Mode::Hold => {
-                        if mode.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                    Mode::Blackhole | Mode::DropReply => break,
-                    Mode::Reset => return,
-                    Mode::Delay(d) => {
-                        tokio::time::sleep(d).await;
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                        break;
-                    }
-                    Mode::Jitter(lo, hi) => {
-                        let span = hi.saturating_sub(lo).as_micros() as u64;
-                        let extra = if span == 0 { 0 } else { random() % span };
-                        tokio::time::sleep(lo + Duration::from_micros(extra)).await;
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                        break;
-                    }
-                    Mode::Pass => {
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-    };
+    let up = pump(cr, sw, mode.clone(), Direction::Commands);
+    let down = pump(sr, cw, mode, Direction::Replies);
     // A switch to Reset ends both directions at once; dropping the client
     // halves sends the RST.
     let reset_now = async move {
@@ -201,6 +129,59 @@ async fn connection(client: TcpStream, target: u16, mode: watch::Receiver<Mode>)
         _ = up => {}
         _ = down => {}
         _ = reset_now => {}
+    }
+}
+
+/// Which way a pump copies: the delay, jitter and drop modes act on replies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Commands,
+    Replies,
+}
+
+/// Copies chunks from `from` to `to` as the current mode says, until either
+/// side closes or the mode is `Reset`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+    direction: Direction,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Wait out `Hold`; then forward, delayed or not, or swallow.
+        let pause = loop {
+            let m = *mode.borrow_and_update();
+            let replies = direction == Direction::Replies;
+            match m {
+                Mode::Hold => {
+                    if mode.changed().await.is_err() {
+                        return;
+                    }
+                }
+                Mode::Reset => return,
+                Mode::Blackhole => break None,
+                Mode::DropReply if replies => break None,
+                Mode::Delay(d) if replies => break Some(d),
+                Mode::Jitter(lo, hi) if replies => {
+                    let span = hi.saturating_sub(lo).as_micros() as u64;
+                    let extra = if span == 0 { 0 } else { random() % span };
+                    break Some(lo + Duration::from_micros(extra));
+                }
+                _ => break Some(Duration::ZERO),
+            }
+        };
+        let Some(pause) = pause else { continue };
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
