@@ -54,7 +54,7 @@ pub async fn run(root: &Path, iters: usize, cli_runs: usize) -> Result<()> {
             .args(["cycle", "bench:hosts:cycle", &iters.to_string()])
             .env("REDLOCK_NODES", &nodes)
             .output()
-            .with_context(|| format!("run {host} (./scripts/setup prepares it)"))?;
+            .with_context(|| format!("run {host} (./scripts/setup --for-tests prepares it)"))?;
         if !out.status.success() {
             bail!("{host}: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -84,7 +84,7 @@ pub async fn run(root: &Path, iters: usize, cli_runs: usize) -> Result<()> {
             ))
             .arg(&wasm)
             .output()
-            .context("run the wasmtime CLI (./scripts/setup builds it)")?;
+            .context("run the wasmtime CLI (./scripts/setup --for-tests builds it)")?;
         if !out.status.success() || !out.stdout.starts_with(b"ok(") {
             bail!("wasmtime CLI: {out:?}");
         }

@@ -6,9 +6,9 @@
 //!
 //! Tools these tests run, and how they are found:
 //! - the `wasmtime` CLI: `$REDLOCK_WASMTIME`, else `target/tools/bin/wasmtime`
-//!   (where `./scripts/setup` installs the pinned version), else `PATH`;
-//! - Node.js and `hosts/js/node_modules` (`./scripts/setup` runs `npm ci`);
-//! - `target/py`, a venv with the pinned `wasmtime` package (`./scripts/setup`).
+//!   (where `./scripts/setup --for-tests` installs the pinned version), else `PATH`;
+//! - Node.js and `hosts/js/node_modules` (`./scripts/setup --for-tests` runs `npm ci`);
+//! - `target/py`, a venv with the pinned `wasmtime` package (`./scripts/setup --for-tests`).
 //!
 //! A missing tool fails the test with that instruction; nothing is skipped.
 
@@ -126,7 +126,7 @@ fn wasmtime_cli() -> PathBuf {
                 return "wasmtime".into();
             }
             panic!(
-                "the wasmtime CLI is needed: ./scripts/setup installs the pinned version \
+                "the wasmtime CLI is needed: ./scripts/setup --for-tests installs the pinned version \
                  into target/tools/bin (or set REDLOCK_WASMTIME=/path/to/wasmtime)"
             )
         })
@@ -350,7 +350,7 @@ impl ScriptHost {
                 let dir = self.dir();
                 assert!(
                     dir.join("node_modules/@bytecodealliance/jco").exists(),
-                    "hosts/js/node_modules is missing: run ./scripts/setup (it runs `npm ci` there)"
+                    "hosts/js/node_modules is missing: run ./scripts/setup --for-tests (it runs `npm ci` there)"
                 );
                 let out = Command::new("npm")
                     .args(["run", "--silent", "build"])
@@ -366,7 +366,7 @@ impl ScriptHost {
             ScriptHost::Python => PYTHON.get_or_init(|| {
                 assert!(
                     self.program().exists(),
-                    "target/py is missing: run ./scripts/setup (it makes the venv with the \
+                    "target/py is missing: run ./scripts/setup --for-tests (it makes the venv with the \
                      pinned wasmtime package)"
                 );
             }),
