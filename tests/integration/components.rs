@@ -459,7 +459,8 @@ async fn script_host_excludes_the_rust_host(host: ScriptHost) {
     let k2 = format!("{k}-dead");
     let dead = || format!("redis://127.0.0.1:{}", crate::support::free_port());
     let nodes = [nodes[0].clone(), dead(), dead()];
-    let (code, out) = host.cli(&nodes, &["acquire", &k2, "1000", "200"]).await;
+    // A budget that a loaded machine cannot eat before the refusals arrive.
+    let (code, out) = host.cli(&nodes, &["acquire", &k2, "1000", "2000"]).await;
     assert_eq!(
         (code, &out["error"]["kind"]),
         (1, &"unable-to-acquire".into())
