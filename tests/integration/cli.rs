@@ -7,25 +7,25 @@ use redlock_wasm::Redlock;
 
 use crate::support::{Cluster, Inspect, eventually, key};
 
-fn redlock(c: &Cluster) -> Command {
+pub(crate) fn redlock(c: &Cluster) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_redlock"));
     cmd.env("REDLOCK_NODES", c.urls().join(","));
     cmd.env_remove("REDLOCK_LOG");
     cmd
 }
 
-fn output(mut cmd: Command) -> Output {
+pub(crate) fn output(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("run redlock")
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Waits (up to 5 s) until a quorum of nodes holds `key` (a first
 /// connection on a loaded machine may outlast the node timeout, so not
 /// necessarily every node); returns when it started.
-fn wait_until_held(c: &Cluster, key: &str) -> Instant {
+pub(crate) fn wait_until_held(c: &Cluster, key: &str) -> Instant {
     let start = Instant::now();
     while c.with_key(key) < c.nodes.len() / 2 + 1 {
         assert!(start.elapsed() < Duration::from_secs(5), "never acquired");
@@ -188,6 +188,20 @@ async fn acquire_then_release_by_token() {
     ]);
     let o = output(cmd);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(c.holding(&k, &token), held, "wrong token changed nothing");
+
+    // A refused extend means the lock is lost: 76, as documented.
+    let mut cmd = redlock(&c);
+    cmd.args([
+        "extend",
+        "--key",
+        &k,
+        "--token",
+        "00000000000000000000000000000000",
+    ]);
+    let o = output(cmd);
+    assert_eq!(o.status.code(), Some(76), "{}", stderr(&o));
+    assert!(stderr(&o).contains("lock lost"), "{}", stderr(&o));
     assert_eq!(c.holding(&k, &token), held, "wrong token changed nothing");
 
     let mut cmd = redlock(&c);

@@ -11,8 +11,10 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "redlock", version, propagate_version = true)]
 #[command(after_help = "\
 Exit codes: the command's own code for `run`; 75 lock not acquired; \
-76 lock lost while the command ran; 2 bad usage or configuration; \
-1 other failures; 126 / 127 the command could not be run.
+76 lock lost (`run`: the command was terminated; `extend`: the nodes refused \
+the token); 79 skipped by --once-per; 2 bad usage or configuration; \
+1 other failures (`release`: the nodes refused the token); 126 / 127 the \
+command could not be run.
 
 Examples:
   redlock demo
@@ -32,12 +34,19 @@ pub struct Cli {
 pub enum Command {
     /// Acquire the lock, run a command while holding it, release it after.
     ///
-    /// Waits up to --wait for the lock. While the command runs, the lock is
-    /// extended in the background well before its validity ends. If an
-    /// extension fails (the lock is lost), the command gets SIGTERM, then
-    /// SIGKILL after --grace, and redlock exits 76. SIGINT and SIGTERM sent
-    /// to redlock are forwarded to the command. The lock is released on
-    /// every exit path.
+    /// Waits up to --wait for the lock (0s: one attempt). The command runs
+    /// in a process group of its own under a watchdog process. While it
+    /// runs, the lock is extended after each third of its validity. Whenever
+    /// no extension is confirmed, the whole group gets SIGTERM at the latest
+    /// --grace + 100 ms before the validity ends, and SIGKILL 100 ms before
+    /// it, so the command never outlives the lock; redlock then exits 76.
+    /// If redlock itself dies, the watchdog terminates the group. SIGINT,
+    /// SIGTERM, SIGHUP and SIGQUIT sent to redlock reach the group once.
+    /// redlock waits until the whole group has exited, then releases the
+    /// lock.
+    ///
+    /// With --once-per PERIOD, a command that exits 0 leaves a marker, and
+    /// any run of the key that finds it skips the command (exit 79).
     ///
     /// Example: redlock --node redis://a --node redis://b --node redis://c run --key nightly -- ./job.sh
     Run(RunArgs),
@@ -57,6 +66,9 @@ pub enum Command {
     ///
     /// Example: redlock status --key nightly-backup
     Status(StatusArgs),
+    /// Internal: the watchdog `run` starts between itself and the command.
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog(crate::watchdog::WatchdogArgs),
     /// Start local Redis nodes and let workers contend for one lock.
     ///
     /// With no --node it starts --nodes local redis-server processes on free
@@ -109,7 +121,8 @@ pub struct LockArgs {
     /// Lock TTL (`run` extends it while the command runs).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
     pub ttl: Duration,
-    /// How long to wait for the lock before giving up with exit code 75.
+    /// How long to wait for the lock before giving up with exit code 75;
+    /// 0s makes one attempt.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub wait: Duration,
 }
@@ -118,9 +131,17 @@ pub struct LockArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub lock: LockArgs,
-    /// After SIGTERM on lock loss, how long before SIGKILL.
+    /// How long the command has between SIGTERM and SIGKILL when the lock
+    /// cannot be confirmed. Clamped (with a warning) to what the lock's
+    /// validity allows: at most half of it, less 100 ms.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub grace: Duration,
+    /// Run the command at most once per PERIOD across hosts: after it exits
+    /// 0, a marker stays on a quorum of nodes until PERIOD (less a tenth of
+    /// it, at most 1 minute) after this run took the lock, and a run that
+    /// finds the marker skips the command with exit code 79. 1s ..= 24h.
+    #[arg(long, value_name = "PERIOD", value_parser = duration)]
+    pub once_per: Option<Duration>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,

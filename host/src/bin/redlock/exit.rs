@@ -10,8 +10,11 @@ pub const FAILED: u8 = 1;
 /// Like `flock -E`, distinct from anything the command itself returns
 /// commonly; 75 is EX_TEMPFAIL ("try again later").
 pub const NOT_ACQUIRED: u8 = 75;
-/// The lock was lost while the command ran; the command was terminated.
+/// The lock was lost while the command ran (the command was terminated),
+/// or, for `extend`, the nodes refused the token.
 pub const LOST: u8 = 76;
+/// `run --once-per`: the command already ran this period; it did not run.
+pub const SKIPPED: u8 = 79;
 /// The command could not be started (as a shell says: not found).
 pub const NOT_FOUND: u8 = 127;
 /// The command could not be executed (as a shell says).

@@ -2,22 +2,27 @@
 //! `flock(1)` does for one machine; plus script-friendly acquire / release /
 //! extend, a per-node status view, and a self-contained demo.
 //!
-//! Modules: `args` (the command line), `run`, `demo`, `status`; exit codes
-//! live in `exit`.
+//! Modules: `args` (the command line), `run` (with its `watchdog` process,
+//! its termination `schedule`, the `once` marker and the `sys` calls they
+//! need), `demo`, `status`; exit codes live in `exit`.
 
 mod args;
 mod demo;
 mod exit;
+mod once;
 mod run;
+mod schedule;
 mod status;
+mod sys;
+mod watchdog;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use redlock_wasm::{Lock, Redlock};
+use redlock_wasm::{AcquireOptions, Error, Lock, Redlock};
 
-use crate::args::{Cli, Command, NodeArgs};
+use crate::args::{Cli, Command, LockArgs, NodeArgs};
 use crate::exit::{Exit, Failure};
 
 fn main() -> ExitCode {
@@ -30,6 +35,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
+    if let Command::Watchdog(a) = cli.command {
+        // A plain blocking process: no runtime, no logging set-up.
+        return ExitCode::from(watchdog::main(a));
+    }
     init_tracing(cli.verbose);
     // One thread is enough for a lock client, and measurably faster on
     // small machines than a multi-thread runtime.
@@ -93,8 +102,7 @@ async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
         Command::Acquire(a) => {
             let l = &a.lock;
             let r = manager(&l.nodes, l.ttl)?;
-            let lock = r
-                .acquire(&l.key, l.wait)
+            let lock = acquire(&r, l, AcquireOptions::new())
                 .await
                 .map_err(Failure::from_lock_error)?;
             if a.json {
@@ -138,6 +146,24 @@ async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
         }
         Command::Status(a) => status::status(a).await,
         Command::Demo(a) => demo::demo(a).await,
+        Command::Watchdog(_) => Err(Failure::internal(anyhow::anyhow!(
+            "__watchdog runs only as the helper of `redlock run`"
+        ))),
+    }
+}
+
+/// Acquires for `run` and `acquire`: wait up to --wait, or make exactly one
+/// attempt for --wait 0s (bounded by a few node timeouts).
+pub(crate) async fn acquire(
+    r: &Redlock,
+    l: &LockArgs,
+    options: AcquireOptions,
+) -> Result<Lock, Error> {
+    if l.wait.is_zero() {
+        let budget = (l.nodes.node_timeout * 4).max(Duration::from_secs(1));
+        r.acquire_with(&l.key, budget, options.retry_count(0)).await
+    } else {
+        r.acquire_with(&l.key, l.wait, options).await
     }
 }
 

@@ -1,56 +1,92 @@
-//! `redlock run`: acquire, run the command, keep the lock extended, release.
+//! `redlock run`: acquire, run the job under the watchdog, keep the lock
+//! extended, wait for the job's whole process group, release.
+//!
+//! The job never outlives the lock: the watchdog (see `watchdog`) signals
+//! the job's process group on a schedule bounded by the lock's validity
+//! (see `schedule`), and this process only moves that schedule when an
+//! extension is confirmed. If this process dies, the watchdog terminates
+//! the job; if the watchdog dies, this process kills the job.
 
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use redlock_wasm::{AcquireOptions, CancellationToken, Error, Lock, Redlock};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::time::Instant;
 
 use crate::args::RunArgs;
 use crate::exit::{self, Exit, Failure};
+use crate::once::{self, Marker, OncePer};
+use crate::schedule;
+use crate::sys::{self, Ended};
+use crate::watchdog::{self, Command, Report};
 
 /// Retry a failed extension this soon while validity lasts.
 const EXTEND_RETRY: Duration = Duration::from_millis(100);
 
-struct Signals {
-    term: Signal,
-    int: Signal,
-}
+/// How long to wait for the job's group to die after SIGKILL when the
+/// watchdog is gone.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to redlock.
+struct Signals([Signal; 4]);
 
 impl Signals {
     fn install() -> Result<Self, Failure> {
-        let sig =
-            |k| signal(k).map_err(|e| Failure::internal(anyhow!("install signal handler: {e}")));
-        Ok(Signals {
-            term: sig(SignalKind::terminate())?,
-            int: sig(SignalKind::interrupt())?,
-        })
+        let sig = |k| {
+            signal(SignalKind::from_raw(k))
+                .map_err(|e| Failure::internal(anyhow!("install signal handler: {e}")))
+        };
+        let [a, b, c, d] = sys::FORWARDED;
+        Ok(Signals([sig(a)?, sig(b)?, sig(c)?, sig(d)?]))
     }
 
-    /// The next SIGTERM or SIGINT.
+    /// The next of them.
     async fn next(&mut self) -> libc::c_int {
+        let [int, term, hup, quit] = &mut self.0;
         tokio::select! {
-            _ = self.term.recv() => libc::SIGTERM,
-            _ = self.int.recv() => libc::SIGINT,
+            _ = int.recv() => libc::SIGINT,
+            _ = term.recv() => libc::SIGTERM,
+            _ = hup.recv() => libc::SIGHUP,
+            _ = quit.recv() => libc::SIGQUIT,
         }
     }
 }
 
 pub async fn run(a: RunArgs) -> Result<Exit, Failure> {
-    let (l, grace) = (&a.lock, a.grace);
+    let l = &a.lock;
+    // Everything that can be refused is refused before any I/O.
+    let (grace, clamped) =
+        schedule::plan_grace(l.ttl, a.grace).map_err(|e| Failure::usage(anyhow!(e)))?;
+    if clamped {
+        eprintln!(
+            "redlock: --grace {} does not fit in the lock's validity (TTL {}): using {}",
+            humantime::format_duration(a.grace),
+            humantime::format_duration(l.ttl),
+            humantime::format_duration(grace)
+        );
+    }
+    let once = a
+        .once_per
+        .map(|p| OncePer::new(p, l.wait))
+        .transpose()
+        .map_err(|e| Failure::usage(anyhow!(e)))?;
     let r = crate::manager(&l.nodes, l.ttl)?;
     // Handlers first: a signal while waiting for the lock must still clean up.
     let mut signals = Signals::install()?;
 
+    if once.is_some()
+        && let Marker::Present { on, of } = once::find(&r, &l.key).await
+    {
+        return Ok(skipped(&l.key, on, of));
+    }
+
     let cancel = CancellationToken::new();
-    let acquire = r.acquire_with(
-        &l.key,
-        l.wait,
-        AcquireOptions::new().cancel_on(cancel.clone()),
-    );
+    let acquire = crate::acquire(&r, l, AcquireOptions::new().cancel_on(cancel.clone()));
     tokio::pin!(acquire);
     let lock = tokio::select! {
         res = &mut acquire => res.map_err(Failure::from_lock_error)?,
@@ -63,80 +99,351 @@ pub async fn run(a: RunArgs) -> Result<Exit, Failure> {
             return Ok(Exit(128 + sig as u8));
         }
     };
-    tracing::info!(key = %l.key, validity = ?lock.validity(), "lock acquired");
+    let started = Instant::now();
+    tracing::info!(
+        key = %l.key,
+        validity = ?lock.validity(),
+        valid_until_unix_ms = unix_ms(lock.valid_until()),
+        "lock acquired"
+    );
 
-    let program = &a.command[0];
-    let mut child = match tokio::process::Command::new(program)
-        .args(&a.command[1..])
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
+    if once.is_some() {
+        // Authoritative now that the lock is ours: whoever wrote a marker
+        // did so while holding it.
+        match once::find(&r, &l.key).await {
+            Marker::Absent => {}
+            Marker::Present { on, of } => {
+                release(&r, &lock).await;
+                return Ok(skipped(&l.key, on, of));
+            }
+            Marker::Unknown { answered, quorum } => {
+                release(&r, &lock).await;
+                return Err(Failure {
+                    code: exit::NOT_ACQUIRED,
+                    error: anyhow!(
+                        "could not read the once-per marker: {answered} nodes answered, \
+                         {quorum} needed; the job did not run"
+                    ),
+                });
+            }
+        }
+    }
+
+    let mut job = match Supervisor::start(&r, lock, grace, &a).await {
+        Ok(job) => job,
+        Err((lock, f)) => {
             release(&r, &lock).await;
-            let code = match e.kind() {
-                std::io::ErrorKind::NotFound => exit::NOT_FOUND,
-                _ => exit::NOT_EXECUTABLE,
-            };
-            return Err(Failure {
-                code,
-                error: anyhow!("cannot run {}: {e}", program.to_string_lossy()),
-            });
+            return Err(f);
         }
     };
-    let pid = child.id();
-
-    let mut lock = lock;
-    let mut next_extend = extend_time(&lock);
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            _ = tokio::time::sleep_until(next_extend) => {
-                match r.extend(&lock, l.ttl).await {
-                    Ok(longer) => {
-                        tracing::debug!(validity = ?longer.validity(), "lock extended");
-                        lock = longer;
-                        next_extend = extend_time(&lock);
-                    }
-                    Err(e) if is_lost(&e) || !lock.is_valid() => {
-                        eprintln!("redlock: {e}; terminating the command");
-                        terminate(&mut child, pid, grace).await;
-                        release(&r, &lock).await;
-                        return Ok(Exit(exit::LOST));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "extension failed; retrying while the lock is valid");
-                        let retry = Instant::now() + EXTEND_RETRY;
-                        next_extend = retry.min(Instant::from_std(lock.valid_until()));
-                    }
-                }
+    let outcome = job.supervise(&mut signals).await;
+    let lock = job.lock;
+    let code = match outcome {
+        Ok(Finished::Ran(ended)) => {
+            let code = ended.shell_code();
+            if code == 0
+                && lock.is_valid()
+                && let Some(o) = once
+            {
+                mark_done(&r, &l.key, o, started).await;
             }
-            sig = signals.next() => {
-                tracing::info!(signal = sig, "forwarding signal to the command");
-                if let Some(pid) = pid {
-                    let _ = redlock_wasm::signal::send(pid, sig);
-                }
-            }
+            code
+        }
+        Ok(Finished::Lost(why)) => {
+            eprintln!("redlock: {why}");
+            exit::LOST
+        }
+        Ok(Finished::CannotRun(code, why)) => {
+            release(&r, &lock).await;
+            return Err(Failure {
+                code,
+                error: anyhow!(why),
+            });
+        }
+        Err(f) => {
+            release(&r, &lock).await;
+            return Err(f);
         }
     };
     release(&r, &lock).await;
-    match status {
-        Ok(status) => Ok(Exit(code_of(status))),
-        Err(e) => Err(Failure::internal(anyhow!("waiting for the command: {e}"))),
+    Ok(Exit(code))
+}
+
+/// An extension in flight (it runs while signals and reports are handled).
+type Extension = std::pin::Pin<Box<dyn Future<Output = Result<Lock, Error>>>>;
+
+/// How a supervised job ended.
+enum Finished {
+    /// It ran; its own process's end.
+    Ran(Ended),
+    /// The lock was lost or could not be confirmed; the group was terminated.
+    Lost(String),
+    /// It could not be started.
+    CannotRun(u8, String),
+}
+
+/// The running job, seen from redlock: the watchdog's socket, the lock and
+/// its extensions.
+struct Supervisor<'a> {
+    r: &'a Redlock,
+    lock: Lock,
+    ttl: Duration,
+    grace: Duration,
+    watchdog: std::process::Child,
+    reports: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    commands: OwnedWriteHalf,
+}
+
+impl<'a> Supervisor<'a> {
+    /// Starts the watchdog, which starts the job with the first schedule.
+    async fn start(
+        r: &'a Redlock,
+        lock: Lock,
+        grace: Duration,
+        a: &RunArgs,
+    ) -> Result<Self, (Lock, Failure)> {
+        let fail = |lock: &Lock, what: &str, e: std::io::Error| {
+            (lock.clone(), Failure::internal(anyhow!("{what}: {e}")))
+        };
+        // Orphans of the job become ours if the watchdog dies, so that we can
+        // reap them and see the group end.
+        sys::set_child_subreaper().map_err(|e| fail(&lock, "become a subreaper", e))?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| fail(&lock, "create the watchdog's socket", e))?;
+        let (term_at, kill_at) = schedule::deadlines(lock.valid_until(), lock.validity(), grace);
+        // The job may take the terminal only when redlock has it.
+        let foreground = sys::stdin_foreground_group() == Some(sys::own_group());
+        // /proc/self/exe: the running binary, even if the file was replaced.
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg0("redlock-watchdog")
+            .arg("__watchdog")
+            .arg("--grace-ms")
+            .arg(grace.as_millis().to_string())
+            .arg("--term-at")
+            .arg(boottime(term_at).to_string())
+            .arg("--kill-at")
+            .arg(boottime(kill_at).to_string());
+        if foreground {
+            cmd.arg("--foreground");
+        }
+        cmd.arg("--").args(&a.command);
+        // Its own group: a terminal's signals reach redlock (or the job),
+        // never the watchdog.
+        cmd.process_group(0);
+        let watchdog = sys::spawn_with_fd(&mut cmd, theirs.as_raw_fd(), watchdog::SOCKET_FD)
+            .map_err(|e| fail(&lock, "start the watchdog", e))?;
+        drop(theirs);
+        ours.set_nonblocking(true)
+            .map_err(|e| fail(&lock, "watchdog socket", e))?;
+        let stream = UnixStream::from_std(ours).map_err(|e| fail(&lock, "watchdog socket", e))?;
+        let (read, write) = stream.into_split();
+        Ok(Supervisor {
+            r,
+            ttl: a.lock.ttl,
+            lock,
+            grace,
+            watchdog,
+            reports: BufReader::new(read).lines(),
+            commands: write,
+        })
+    }
+
+    async fn send(&mut self, c: Command) {
+        // A dead watchdog shows as the end of its reports.
+        let _ = self.commands.write_all(c.line().as_bytes()).await;
+    }
+
+    /// Extends the lock, forwards signals and follows the watchdog's
+    /// reports until the job's group is gone.
+    async fn supervise(&mut self, signals: &mut Signals) -> Result<Finished, Failure> {
+        let mut pid = None;
+        let mut ended = None;
+        // Why the job was terminated, once it was.
+        let mut lost: Option<String> = None;
+        let mut last_error: Option<Error> = None;
+        let mut next_extend = Some(extend_time(&self.lock));
+        let mut extending: Option<Extension> = None;
+        loop {
+            let wake = next_extend.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                line = self.reports.next_line() => {
+                    let report = match line {
+                        Ok(Some(line)) => Report::parse(&line),
+                        _ => None,
+                    };
+                    match report {
+                        Some(Report::Started(p)) => pid = Some(p),
+                        Some(Report::CannotRun(code, why)) => {
+                            self.reap_watchdog().await;
+                            return Ok(Finished::CannotRun(code, why));
+                        }
+                        Some(Report::Exited(e)) => ended = Some(e),
+                        Some(Report::SentTerm) => {
+                            let why = lost.get_or_insert_with(|| unconfirmed(last_error.as_ref()));
+                            eprintln!("redlock: {why}; sent SIGTERM to the job's process group");
+                        }
+                        Some(Report::SentKill) => {
+                            eprintln!("redlock: sent SIGKILL to the job's process group");
+                        }
+                        Some(Report::Gone) => break,
+                        None => {
+                            // The watchdog died (or spoke nonsense): the job is
+                            // unguarded, so it ends now.
+                            return Ok(self.watchdog_died(pid, ended).await);
+                        }
+                    }
+                }
+                res = async { extending.as_mut().expect("guarded").await }, if extending.is_some() => {
+                    extending = None;
+                    match res {
+                        Ok(longer) => {
+                            tracing::info!(
+                                validity = ?longer.validity(),
+                                valid_until_unix_ms = unix_ms(longer.valid_until()),
+                                "lock extended"
+                            );
+                            self.lock = longer;
+                            let (t, k) =
+                                schedule::deadlines(self.lock.valid_until(), self.lock.validity(), self.grace);
+                            self.send(Command::At { term_at: boottime(t), kill_at: boottime(k) }).await;
+                            next_extend = Some(extend_time(&self.lock));
+                            last_error = None;
+                        }
+                        Err(e) if is_lost(&e) || !self.lock.is_valid() => {
+                            lost.get_or_insert_with(|| format!("the lock was lost: {e}"));
+                            self.send(Command::Terminate).await;
+                            next_extend = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "extension failed; retrying while the lock is valid");
+                            last_error = Some(e);
+                            next_extend = Some(Instant::now() + EXTEND_RETRY);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()), if extending.is_none() && next_extend.is_some() => {
+                    let (r, lock, ttl) = (self.r.clone(), self.lock.clone(), self.ttl);
+                    extending = Some(Box::pin(async move { r.extend(&lock, ttl).await }));
+                }
+                sig = signals.next() => {
+                    tracing::info!(signal = sig, "forwarding signal to the job's process group");
+                    self.send(Command::Signal(sig)).await;
+                }
+            }
+        }
+        self.reap_watchdog().await;
+        Ok(match (lost, ended) {
+            (Some(why), _) => Finished::Lost(why),
+            (None, Some(e)) => Finished::Ran(e),
+            (None, None) => Finished::Lost("the watchdog lost track of the job".into()),
+        })
+    }
+
+    /// The watchdog is gone before the job's group: kill the group now and
+    /// wait for it (its orphans are ours: we are a subreaper).
+    async fn watchdog_died(&mut self, pid: Option<i32>, ended: Option<Ended>) -> Finished {
+        let Some(pid) = pid else {
+            self.reap_watchdog().await;
+            return Finished::Lost("the watchdog died before the job started".into());
+        };
+        if let Some(e) = ended
+            && !sys::group_alive(pid)
+        {
+            return Finished::Ran(e);
+        }
+        let _ = sys::kill_group(pid, libc::SIGKILL);
+        let start = Instant::now();
+        while sys::group_alive(pid) && start.elapsed() < KILL_WAIT {
+            while sys::reap_any().is_some() {}
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Finished::Lost(format!(
+            "the watchdog died; killed the job's process group {pid}"
+        ))
+    }
+
+    /// Collects the watchdog's exit status (it exits right after `gone`).
+    async fn reap_watchdog(&mut self) {
+        for _ in 0..100 {
+            match self.watchdog.try_wait() {
+                Ok(None) => tokio::time::sleep(Duration::from_millis(10)).await,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// The reason given when the schedule fired without a confirmed extension.
+fn unconfirmed(last: Option<&Error>) -> String {
+    match last {
+        Some(e) => format!("no extension was confirmed in time (last: {e})"),
+        None => "no extension was confirmed in time".into(),
     }
 }
 
 /// When to extend next: after a third of the validity is used, so two more
-/// tries fit before it runs out.
+/// tries fit before SIGTERM.
 fn extend_time(lock: &Lock) -> Instant {
     Instant::now() + lock.validity() / 3
 }
 
-/// True when the lock is certainly gone: validity over, or a quorum of
-/// nodes said the key is not ours. Timeouts may be transient.
+/// True when the lock is certainly gone: validity over, or so many nodes
+/// said the key is not ours that no quorum can hold it
+/// (refused >= N - quorum + 1). Timeouts may be transient.
 fn is_lost(e: &Error) -> bool {
     match e {
-        Error::LockLost(f) => f.attempts == 0 || f.refused() >= f.quorum,
+        Error::LockLost(f) => f.attempts == 0 || f.refused() + f.quorum > f.nodes.len(),
         _ => false,
+    }
+}
+
+/// `Instant` on the monotonic clock to nanoseconds of `CLOCK_BOOTTIME`,
+/// the watchdog's clock.
+fn boottime(at: Instant) -> u64 {
+    let (boot, now) = (sys::boottime_ns(), Instant::now());
+    match at.checked_duration_since(now) {
+        Some(ahead) => boot.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX)),
+        None => boot.saturating_sub(u64::try_from((now - at).as_nanos()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// `Instant` to Unix milliseconds (for logs that tests and people compare
+/// with wall-clock timestamps).
+fn unix_ms(at: Instant) -> u64 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let now = Instant::now();
+    let wall = match at.checked_duration_since(now) {
+        Some(ahead) => wall + ahead,
+        None => wall.saturating_sub(now - at),
+    };
+    u64::try_from(wall.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn skipped(key: &str, on: usize, of: usize) -> Exit {
+    eprintln!(
+        "redlock: skipped: {key:?} already ran within its --once-per period \
+         (marker on {on} of {of} nodes)"
+    );
+    Exit(exit::SKIPPED)
+}
+
+/// Leaves the once-per marker; a failure is reported, not fatal (the job
+/// ran and succeeded).
+async fn mark_done(r: &Redlock, key: &str, once: OncePer, started: Instant) {
+    let Some(ttl) = once.marker_ttl(started) else {
+        eprintln!(
+            "redlock: the job outlasted its --once-per marker's life ({}); no marker left",
+            humantime::format_duration(once.marker_life())
+        );
+        return;
+    };
+    if let Err(e) = once::write(r, key, ttl).await {
+        eprintln!(
+            "redlock: the job succeeded but its once-per marker was not confirmed ({e}); \
+             another host may run it again this period"
+        );
     }
 }
 
@@ -147,22 +454,40 @@ async fn release(r: &Redlock, lock: &Lock) {
     }
 }
 
-/// SIGTERM, then SIGKILL after `grace`.
-async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>, grace: Duration) {
-    if let Some(pid) = pid {
-        let _ = redlock_wasm::signal::send(pid, libc::SIGTERM);
-    }
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redlock_wasm::{NodeOutcome, Outcome, QuorumFailure};
 
-/// The exit code a shell would report: the code, or 128 + the signal.
-fn code_of(status: ExitStatus) -> u8 {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => (code & 0xff) as u8,
-        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
-        (None, None) => exit::FAILED,
+    fn lost(outcomes: &[Outcome]) -> Error {
+        Error::LockLost(QuorumFailure {
+            attempts: 1,
+            deadline_passed: false,
+            quorum: outcomes.len() / 2 + 1,
+            nodes: outcomes
+                .iter()
+                .enumerate()
+                .map(|(index, outcome)| NodeOutcome {
+                    index,
+                    node: format!("n{index}"),
+                    outcome: outcome.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Loss is certain at N - quorum + 1 refusals: 3 of 5, 2 of 4, 2 of 3;
+    /// one fewer may still be a timeout away from a quorum.
+    #[test]
+    fn loss_is_certain_at_n_minus_quorum_plus_one_refusals() {
+        use Outcome::{Done, NoReply, Refused};
+        assert!(is_lost(&lost(&[
+            Refused, Refused, Refused, NoReply, NoReply
+        ])));
+        assert!(!is_lost(&lost(&[Refused, Refused, Done, NoReply, NoReply])));
+        assert!(is_lost(&lost(&[Refused, Refused, NoReply, NoReply])));
+        assert!(!is_lost(&lost(&[Refused, Done, NoReply, NoReply])));
+        assert!(is_lost(&lost(&[Refused, Refused, NoReply])));
+        assert!(!is_lost(&lost(&[Refused, NoReply, NoReply])));
     }
 }
