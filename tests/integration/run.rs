@@ -131,6 +131,32 @@ fn watch_deaths(
     })
 }
 
+/// Waits for redlock's output, at most `limit`; past it, kills redlock and
+/// the job's group (so a broken build cannot hang the suite or leave
+/// processes behind) and fails.
+fn output_within(child: Child, job: &Job, limit: Duration) -> Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(limit) {
+        Ok(o) => o,
+        Err(_) => {
+            for (_, p) in job.pids() {
+                // SAFETY: kill takes integers only.
+                unsafe { libc::kill(-p, libc::SIGKILL) };
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let o = rx.recv().unwrap();
+            panic!(
+                "redlock still running after {limit:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+}
+
 /// Starts `redlock run` with a stubborn job, lets an extension be
 /// confirmed, pauses a majority of nodes (SIGSTOP: connections stay open,
 /// nothing answers), and returns redlock's output and when each process of
@@ -155,7 +181,7 @@ fn paused_majority(extra: &[&str]) -> (Output, Vec<(&'static str, u64)>) {
     std::thread::sleep(Duration::from_millis(1_300));
     c.nodes[0].pause().unwrap();
     c.nodes[1].pause().unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = output_within(child, &job, Duration::from_secs(20));
     c.nodes[0].resume().unwrap();
     c.nodes[1].resume().unwrap();
     (o, deaths.join().unwrap())
@@ -205,9 +231,11 @@ fn grace_longer_than_validity_is_clamped() {
 }
 
 /// redlock SIGKILLed mid-run: its watchdog terminates the job and its
-/// grandchild before the lock's validity ends. Negative control, run once
-/// by hand: a watchdog that ignores the end of its socket leaves both
-/// running until the test's 30 s watch gives up.
+/// grandchild at once (SIGTERM, SIGKILL after the 300 ms grace), long
+/// before the lock's validity ends (10 s TTL). Negative control, run once by
+/// hand: a watchdog that ignores the end of its socket still kills both by
+/// the schedule, before validity ends, but ~9.5 s after redlock died: the
+/// promptness check fails.
 #[test]
 fn killed_redlock_takes_the_job_with_it() {
     let c = Cluster::start(3);
@@ -215,7 +243,7 @@ fn killed_redlock_takes_the_job_with_it() {
     let job = Job::new();
     let mut cmd = redlock(&c);
     cmd.env("REDLOCK_LOG", "info").env("NO_COLOR", "1");
-    cmd.args(["run", "--key", &k, "--ttl", "5s", "--grace", "300ms", "--"])
+    cmd.args(["run", "--key", &k, "--ttl", "10s", "--grace", "300ms", "--"])
         .args(job.stubborn());
     let child = cmd
         .stdin(Stdio::null())
@@ -225,12 +253,19 @@ fn killed_redlock_takes_the_job_with_it() {
     let deaths = watch_deaths(job.pids());
     std::thread::sleep(Duration::from_millis(300));
     redlock_wasm::signal::send(child.id(), libc::SIGKILL).unwrap();
+    let killed_at = unix_ms();
     // stderr closes when the watchdog, which shares it, is gone too.
-    let o = child.wait_with_output().unwrap();
+    let o = output_within(child, &job, Duration::from_secs(20));
     let err = stderr(&o);
     let valid_until = last_valid_until(&err);
     for (what, dead_at) in deaths.join().unwrap() {
         assert!(dead_at <= valid_until, "{what} outlived the lock: {err}");
+        // The grace and generous scheduling slack, far from the 10 s TTL.
+        assert!(
+            dead_at <= killed_at + 2_000,
+            "{what} ran on {} ms after redlock died: {err}",
+            dead_at.saturating_sub(killed_at)
+        );
     }
     assert!(err.contains("redlock is gone"), "{err}");
 }
@@ -260,18 +295,19 @@ async fn wait_zero_makes_one_attempt() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
-/// Four hosts start the same --once-per line within a second, each running
-/// a job shorter than that spread: the job runs exactly once, the others
-/// skip (79); after the period it runs again. Negative control, run once by
-/// hand: without the marker check after acquiring, the hosts that waited
-/// for the lock ran the job again.
+/// Four hosts start the same --once-per line within 1.5 s (at 0, 0.1, 0.8
+/// and 1.5 s), with a 0.5 s job, shorter than that spread: the second host
+/// waits for the lock, the last two find the marker before trying. The job
+/// runs exactly once, the others skip (79); after the period it runs again.
+/// Negative control, run once by hand: without the marker check after
+/// acquiring, the host that waited for the lock ran the job a second time.
 #[test]
 fn once_per_runs_once_across_hosts() {
     let c = Cluster::start(3);
     let k = key("run-once");
     let job = Job::new();
     let log = job.path("ran");
-    let script = format!("echo ran >> {}; sleep 0.2", log.display());
+    let script = format!("echo ran >> {}; sleep 0.5", log.display());
     let start = Instant::now();
     let spawn = || -> Child {
         let mut cmd = redlock(&c);
@@ -294,9 +330,9 @@ fn once_per_runs_once_across_hosts() {
             .unwrap()
     };
     let mut hosts = Vec::new();
-    for _ in 0..4 {
+    for at in [0, 100, 800, 1_500] {
+        std::thread::sleep(Duration::from_millis(at).saturating_sub(start.elapsed()));
         hosts.push(spawn());
-        std::thread::sleep(Duration::from_millis(300));
     }
     let mut codes: Vec<i32> = hosts
         .into_iter()
@@ -320,25 +356,35 @@ fn once_per_runs_once_across_hosts() {
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2);
 }
 
-/// SIGINT, SIGHUP, SIGQUIT and SIGTERM sent to redlock each reach the job
-/// exactly once; the job's own exit code is redlock's. Negative control, run
-/// once by hand: a job in redlock's own process group got a signal sent to
-/// that group twice (directly and forwarded).
+/// SIGINT, SIGHUP and SIGQUIT sent to redlock's whole process group (as a
+/// terminal sends Ctrl-C, Ctrl-\\ and hang-up to its foreground group) and
+/// SIGTERM sent to redlock alone each reach the job exactly once; the
+/// job's own exit code is redlock's. The job handles each signal at once
+/// (`wait` returns on a trapped signal), so a copy arriving a moment later
+/// would be counted, not merged. Negative control, run once by hand: the
+/// job in redlock's process group, forwarded to by pid (the round-one
+/// design), logged INT, HUP and QUIT twice each.
 #[test]
 fn signals_reach_the_job_exactly_once() {
+    use std::os::unix::process::CommandExt;
     let c = Cluster::start(3);
     let k = key("run-signals");
     let job = Job::new();
     let d = job.dir.path().display();
+    // Background `sleep` ignores INT and QUIT (POSIX, for asynchronous
+    // lists); HUP and TERM end it, and the loop starts another.
     let script = format!(
         "for s in INT HUP QUIT; do trap \"echo $s >> {d}/got\" $s; done; \
          trap 'echo TERM >> {d}/got; exit 3' TERM; \
          touch {d}/ready; \
-         while :; do ( trap '' INT HUP QUIT TERM; sleep 0.05 ); done"
+         while :; do sleep 1 & wait $!; done"
     );
     let mut cmd = redlock(&c);
     cmd.args(["run", "--key", &k, "--", "sh", "-c", &script]);
+    // Its own group, as a shell starts a foreground job.
+    cmd.process_group(0);
     let mut child = cmd.stdin(Stdio::null()).spawn().unwrap();
+    let group = child.id() as i32;
     let start = Instant::now();
     while !job.path("ready").exists() {
         assert!(
@@ -348,13 +394,14 @@ fn signals_reach_the_job_exactly_once() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let got = || std::fs::read_to_string(job.path("got")).unwrap_or_default();
-    for (sig, name) in [
-        (libc::SIGINT, "INT"),
-        (libc::SIGHUP, "HUP"),
-        (libc::SIGQUIT, "QUIT"),
-        (libc::SIGTERM, "TERM"),
+    for (sig, name, to) in [
+        (libc::SIGINT, "INT", -group),
+        (libc::SIGHUP, "HUP", -group),
+        (libc::SIGQUIT, "QUIT", -group),
+        (libc::SIGTERM, "TERM", group),
     ] {
-        redlock_wasm::signal::send(child.id(), sig).unwrap();
+        // SAFETY: kill takes integers only.
+        assert_eq!(unsafe { libc::kill(to, sig) }, 0);
         let start = Instant::now();
         while !got().contains(name) {
             assert!(
@@ -363,10 +410,10 @@ fn signals_reach_the_job_exactly_once() {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Room for a duplicate to land before the next signal.
+        std::thread::sleep(Duration::from_millis(150));
     }
     assert_eq!(child.wait().unwrap().code(), Some(3));
-    // Let any duplicate land before counting.
-    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         got().lines().collect::<Vec<_>>(),
         ["INT", "HUP", "QUIT", "TERM"]
@@ -405,4 +452,79 @@ fn exit_codes_and_waiting_for_the_group() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(done.exists(), "redlock returned before the group was gone");
     assert_eq!(c.with_key(&k), 0, "released");
+}
+
+/// In a terminal's foreground, the job's group gets the terminal: a job
+/// that reads from it is not stopped (SIGTTIN), and Ctrl-C reaches it once,
+/// straight from the terminal. redlock runs under a pseudo-terminal made by
+/// Python's `pty` module. Negative control, run once by hand: without the
+/// hand-over, the job was stopped at its `read` and the test timed out.
+#[test]
+fn the_job_gets_the_terminal() {
+    let c = Cluster::start(3);
+    let k = key("run-tty");
+    let job = Job::new();
+    let d = job.dir.path().display();
+    let script = format!(
+        "trap 'echo INT >> {d}/got; exit 5' INT; \
+         read line; echo \"read:$line\" >> {d}/got; \
+         while :; do sleep 1 & wait $!; done"
+    );
+    // The child gets the pty as its controlling terminal; the parent types
+    // a line, then Ctrl-C, and reports redlock's exit status.
+    let driver = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+got = os.environ["GOT"]
+def fail(why):
+    # redlock's watchdog then ends the job: nothing is left behind.
+    os.kill(pid, 9)
+    sys.exit(why)
+def wait_for(text):
+    end = time.time() + 10
+    while time.time() < end:
+        try:
+            if text in open(got).read():
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.02)
+    fail("never saw " + text)
+time.sleep(0.5)
+os.write(fd, b"hello\n")
+wait_for("read:hello")
+os.write(fd, b"\x03")
+end = time.time() + 10
+while time.time() < end:
+    try:
+        os.read(fd, 4096)
+    except OSError:
+        pass
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print(os.waitstatus_to_exitcode(status))
+        sys.exit(0)
+    time.sleep(0.02)
+fail("redlock did not exit")
+"#;
+    let got = job.path("got");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.env("REDLOCK_NODES", c.urls().join(","));
+    cmd.arg("-c")
+        .arg(driver)
+        .arg(env!("CARGO_BIN_EXE_redlock"))
+        .args(["run", "--key", &k, "--", "sh", "-c", &script])
+        .env("GOT", &got);
+    let o = output(cmd);
+    assert!(o.status.success(), "driver: {}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "5");
+    assert_eq!(
+        std::fs::read_to_string(&got)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        ["read:hello", "INT"]
+    );
 }
