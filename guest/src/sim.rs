@@ -1,7 +1,19 @@
 //! A simulated cluster on a virtual clock, for testing the engine natively:
-//! nodes that grant, refuse, fail, hang, or behave like a real Redis.
+//! nodes that grant, refuse, fail, hang, or behave like a real Redis; a
+//! network that delays every command and every reply; and several clients
+//! that contend for the same nodes.
+//!
+//! A command changes a node when it *arrives*, not when it is sent, so a SET
+//! can land after its sender gave up on it. From one client to one node,
+//! commands arrive in the order they were sent and replies come back in that
+//! order (FIFO): a host sends a node's commands on one connection, and that
+//! ordering is all the engine may rely on. Across nodes, and across clients
+//! on one node, any order is possible. [`Sim::new`] gives
+//! every node a fixed latency (half on the way out, half back);
+//! [`Sim::with_network`] draws every delay from a seeded generator.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::engine::{Nodes, Op, Wake};
 use crate::quorum::{NodeError, Reply};
@@ -20,6 +32,22 @@ pub enum Behavior {
     Hang,
     /// Keeps keys with expiry on the virtual clock, like a real Redis.
     Redis,
+    /// Executes every command like [`Behavior::Redis`], but the reply is
+    /// lost: the caller sees a connection error.
+    RedisThenFail,
+    /// Executes every command like [`Behavior::Redis`], but no reply comes
+    /// back (the caller sees a timeout if the host has one).
+    RedisThenHang,
+}
+
+impl Behavior {
+    /// True for nodes that keep keys.
+    fn keeps_keys(self) -> bool {
+        matches!(
+            self,
+            Behavior::Redis | Behavior::RedisThenFail | Behavior::RedisThenHang
+        )
+    }
 }
 
 /// The kind of an operation, for the log.
@@ -32,27 +60,147 @@ pub enum Kind {
 
 pub struct SimNode {
     pub behavior: Behavior,
+    /// Round trip in the fixed-latency simulation ([`Sim::new`]).
     pub latency_ns: u64,
+    /// How much faster than the virtual clock this node's clock runs, in
+    /// parts per million: keys expire this much early.
+    pub expiry_skew_ppm: u64,
     keys: HashMap<String, (String, u64)>,
+    /// Per client (each has its own connection here): when its last command
+    /// arrived, and when its last reply got back, for FIFO both ways.
+    connections: HashMap<usize, (u64, u64)>,
+}
+
+/// Who sent a command: a client and its call (acquire, release, ...).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sender {
+    pub client: usize,
+    pub call: usize,
+}
+
+/// One command, as sent and as delivered.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub from: Sender,
+    pub node: u32,
+    pub kind: Kind,
+    pub key: String,
+    pub token: String,
+    /// TTL of a SET or extend; 0 for a delete.
+    pub ttl_ms: u64,
+    pub sent_at: u64,
+    /// When the command reaches the node and takes effect.
+    pub arrives_at: u64,
+    /// When the reply reaches the caller; `None`: never.
+    pub ready_at: Option<u64>,
+    /// What the caller is told; known once it is ready.
+    pub reply: Option<Reply>,
+    /// True once the command reached the node.
+    pub arrived: bool,
+    /// Who held `key` on the node right after the command took effect.
+    pub holder_after: Option<String>,
+}
+
+impl Sent {
+    fn op(&self) -> Op<'_> {
+        let (key, token, ttl_ms) = (self.key.as_str(), self.token.as_str(), self.ttl_ms);
+        match self.kind {
+            Kind::Set => Op::SetIfAbsent { key, token, ttl_ms },
+            Kind::Delete => Op::DeleteIfToken { key, token },
+            Kind::Extend => Op::ExtendIfToken { key, token, ttl_ms },
+        }
+    }
+}
+
+/// splitmix64: a small seeded generator for the network and the tests.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..=max`.
+    pub fn up_to(&mut self, max: u64) -> u64 {
+        match max.checked_add(1) {
+            Some(bound) => self.next_u64() % bound,
+            None => self.next_u64(),
+        }
+    }
+
+    /// True one time in `n`.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.next_u64().is_multiple_of(n.max(1))
+    }
+}
+
+/// Delivery delays and the host's per-node timeout, drawn per message.
+#[derive(Debug, Clone, Copy)]
+pub struct Network {
+    /// Seeds every delay.
+    pub seed: u64,
+    /// Most one-way trips take `0..=fast_ns`.
+    pub fast_ns: u64,
+    /// One trip in `slow_one_in` takes `0..=slow_ns` instead: a straggler
+    /// that can arrive after its sender gave up.
+    pub slow_ns: u64,
+    pub slow_one_in: u64,
+    /// The host's per-node timeout: a reply not back by then is reported as
+    /// [`NodeError::Timeout`] at that instant, though the command still runs.
+    /// `None`: no timer (the wasi:sockets plug); the guest's deadline decides.
+    pub node_timeout_ns: Option<u64>,
+    /// Each node's clock runs fast by up to this much (ppm).
+    pub max_expiry_skew_ppm: u64,
+}
+
+impl Network {
+    /// A network whose shape also depends on the seed: how slow stragglers
+    /// are, how many there are, whether the host has a node timeout, and how
+    /// fast the nodes' clocks run (within the 1 % Redlock's drift allows).
+    pub fn seeded(seed: u64) -> Self {
+        let mut rng = Rng::new(seed ^ 0x6E65_7477_6F72_6B00);
+        Self {
+            seed,
+            fast_ns: rng.up_to(3 * NS_PER_MS),
+            slow_ns: (20 + rng.up_to(380)) * NS_PER_MS,
+            slow_one_in: 2 + rng.up_to(6),
+            node_timeout_ns: (!rng.one_in(3)).then(|| (5 + rng.up_to(95)) * NS_PER_MS),
+            max_expiry_skew_ppm: 10_000,
+        }
+    }
 }
 
 pub struct Sim {
     pub clock: u64,
     pub nodes: Vec<SimNode>,
-    /// (node, kind, clock) of every operation started.
-    pub log: Vec<(u32, Kind, u64)>,
+    /// Every command sent, in send order.
+    pub log: Vec<Sent>,
     /// Cancellation fires at this instant.
     pub cancel_at: Option<u64>,
+    /// The engine's randomness (tokens, jitter).
     rng: u64,
+    net: Option<(Network, Rng)>,
+    /// Commands on their way to a node: (arrival, log index).
+    in_flight: BTreeSet<(u64, usize)>,
 }
 
 pub struct SimPending {
+    id: usize,
     ready_at: Option<u64>,
-    reply: Reply,
 }
 
 impl Sim {
-    /// Nodes with the given behaviours; node `i` answers after `(i + 1)` ms.
+    /// Nodes with the given behaviours; node `i` answers after `(i + 1)` ms,
+    /// and a command takes effect half-way.
     pub fn new(behaviors: &[Behavior]) -> Self {
         let nodes = behaviors
             .iter()
@@ -60,7 +208,9 @@ impl Sim {
             .map(|(i, &behavior)| SimNode {
                 behavior,
                 latency_ns: (i as u64 + 1) * NS_PER_MS,
+                expiry_skew_ppm: 0,
                 keys: HashMap::new(),
+                connections: HashMap::new(),
             })
             .collect();
         Self {
@@ -69,39 +219,196 @@ impl Sim {
             log: Vec::new(),
             cancel_at: None,
             rng: 0x9E37_79B9_7F4A_7C15,
+            net: None,
+            in_flight: BTreeSet::new(),
         }
     }
 
+    /// Nodes with the given behaviours behind `net`: every command and every
+    /// reply takes its own random time, FIFO per node.
+    pub fn with_network(behaviors: &[Behavior], net: Network) -> Self {
+        let mut sim = Self::new(behaviors);
+        let mut rng = Rng::new(net.seed);
+        for node in &mut sim.nodes {
+            node.expiry_skew_ppm = rng.up_to(net.max_expiry_skew_ppm);
+        }
+        sim.rng = rng.next_u64() | 1;
+        sim.net = Some((net, rng));
+        sim
+    }
+
     pub fn count_ops(&self, kind: Kind) -> usize {
-        self.log.iter().filter(|(_, k, _)| *k == kind).count()
+        self.log.iter().filter(|s| s.kind == kind).count()
     }
 
     /// Who holds `key` on node `i` now.
-    pub fn holder(&self, i: usize, key: &str) -> Option<&str> {
+    pub fn holder(&mut self, i: usize, key: &str) -> Option<&str> {
+        self.deliver();
+        let now = self.clock;
         self.nodes[i]
             .keys
             .get(key)
-            .filter(|(_, exp)| *exp > self.clock)
+            .filter(|(_, exp)| *exp > now)
             .map(|(t, _)| t.as_str())
     }
 
     /// Plants `key` = `token` on node `i` until `ttl_ms` from now.
     pub fn plant(&mut self, i: usize, key: &str, token: &str, ttl_ms: u64) {
+        self.deliver();
         let exp = self.clock + ttl_ms * NS_PER_MS;
         self.nodes[i]
             .keys
             .insert(key.to_owned(), (token.to_owned(), exp));
     }
+
+    /// Moves the clock on until every command in flight has reached its
+    /// node, and applies them.
+    pub fn settle(&mut self) {
+        if let Some(&(last, _)) = self.in_flight.last() {
+            self.clock = self.clock.max(last);
+        }
+        self.deliver();
+    }
+
+    /// Applies, in arrival order, every command that has reached its node.
+    fn deliver(&mut self) {
+        while let Some(&(at, id)) = self.in_flight.first() {
+            if at > self.clock {
+                break;
+            }
+            self.in_flight.pop_first();
+            let sent = &self.log[id];
+            let node = &mut self.nodes[sent.node as usize];
+            let reply = redis_apply(&mut node.keys, at, node.expiry_skew_ppm, &sent.op());
+            let holder_after = node.keys.get(&sent.key).map(|(t, _)| t.clone());
+            let sent = &mut self.log[id];
+            sent.arrived = true;
+            sent.holder_after = holder_after;
+            sent.reply.get_or_insert(reply);
+        }
+    }
+
+    /// (out, back) delays for one command to `node`.
+    fn delays(&mut self, node: usize) -> (u64, u64) {
+        match &mut self.net {
+            None => {
+                let l = self.nodes[node].latency_ns;
+                (l / 2, l - l / 2)
+            }
+            Some((net, rng)) => {
+                let mut one_way = || {
+                    let max = if rng.one_in(net.slow_one_in) {
+                        net.slow_ns
+                    } else {
+                        net.fast_ns
+                    };
+                    rng.up_to(max)
+                };
+                (one_way(), one_way())
+            }
+        }
+    }
+
+    /// Sends `op` to `node` now, on behalf of `from`.
+    pub fn send(&mut self, from: Sender, node: u32, op: &Op<'_>) -> SimPending {
+        self.deliver();
+        let now = self.clock;
+        let (out, back) = self.delays(node as usize);
+        let timeout = self.net.as_ref().and_then(|(net, _)| net.node_timeout_ns);
+        let id = self.log.len();
+        let n = &mut self.nodes[node as usize];
+        let (last_arrival, last_reply) = n.connections.entry(from.client).or_default();
+        let arrives_at = (now + out).max(*last_arrival);
+        *last_arrival = arrives_at;
+        let answers = !matches!(n.behavior, Behavior::Hang | Behavior::RedisThenHang);
+        let answered_at = answers.then(|| {
+            *last_reply = (arrives_at + back).max(*last_reply);
+            *last_reply
+        });
+        let mut reply = match n.behavior {
+            Behavior::Grant => Some(Reply::Done),
+            Behavior::Refuse => Some(Reply::Refused),
+            Behavior::Fail | Behavior::RedisThenFail => {
+                Some(Reply::Failed(NodeError::Connection("simulated".into())))
+            }
+            // Known when the command reaches the node.
+            Behavior::Redis => None,
+            Behavior::Hang | Behavior::RedisThenHang => None,
+        };
+        let ready_at = match (answered_at, timeout) {
+            (Some(at), Some(t)) if at <= now + t => Some(at),
+            (Some(at), None) => Some(at),
+            (_, Some(t)) => {
+                reply = Some(Reply::Failed(NodeError::Timeout));
+                Some(now + t)
+            }
+            (None, None) => None,
+        };
+        let keeps_keys = n.behavior.keeps_keys();
+        let (kind, key, token, ttl_ms) = match *op {
+            Op::SetIfAbsent { key, token, ttl_ms } => (Kind::Set, key, token, ttl_ms),
+            Op::DeleteIfToken { key, token } => (Kind::Delete, key, token, 0),
+            Op::ExtendIfToken { key, token, ttl_ms } => (Kind::Extend, key, token, ttl_ms),
+        };
+        self.log.push(Sent {
+            from,
+            node,
+            kind,
+            key: key.to_owned(),
+            token: token.to_owned(),
+            ttl_ms,
+            sent_at: now,
+            arrives_at,
+            ready_at,
+            reply,
+            arrived: !keeps_keys,
+            holder_after: None,
+        });
+        if keeps_keys {
+            self.in_flight.insert((arrives_at, id));
+        }
+        SimPending { id, ready_at }
+    }
+
+    /// The reply to `p`, if it is back.
+    pub fn poll(&mut self, p: &SimPending) -> Option<Reply> {
+        self.deliver();
+        match p.ready_at {
+            Some(t) if t <= self.clock => {
+                let reply = self.log[p.id].reply.clone();
+                Some(reply.expect("a reply that is back is known"))
+            }
+            _ => None,
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: deterministic, which is what a simulation wants.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
 }
 
-fn redis_apply(keys: &mut HashMap<String, (String, u64)>, now: u64, op: &Op<'_>) -> Reply {
+fn redis_apply(
+    keys: &mut HashMap<String, (String, u64)>,
+    now: u64,
+    skew_ppm: u64,
+    op: &Op<'_>,
+) -> Reply {
     keys.retain(|_, (_, exp)| *exp > now);
+    // A node whose clock runs fast expires its keys early.
+    let lifetime = |ttl_ms: u64| {
+        let ns = ttl_ms * NS_PER_MS;
+        ns - ns / 1_000_000 * skew_ppm
+    };
     match *op {
         Op::SetIfAbsent { key, token, ttl_ms } => {
             if keys.contains_key(key) {
                 Reply::Refused
             } else {
-                keys.insert(key.into(), (token.into(), now + ttl_ms * NS_PER_MS));
+                keys.insert(key.into(), (token.into(), now + lifetime(ttl_ms)));
                 Reply::Done
             }
         }
@@ -114,12 +421,17 @@ fn redis_apply(keys: &mut HashMap<String, (String, u64)>, now: u64, op: &Op<'_>)
         },
         Op::ExtendIfToken { key, token, ttl_ms } => match keys.get_mut(key) {
             Some((t, exp)) if t == token => {
-                *exp = now + ttl_ms * NS_PER_MS;
+                *exp = now + lifetime(ttl_ms);
                 Reply::Done
             }
             _ => Reply::Refused,
         },
     }
+}
+
+/// When the earliest of `pending` is back (`None`: never).
+fn next_ready(pending: &[&SimPending]) -> Option<u64> {
+    pending.iter().filter_map(|p| p.ready_at).min()
 }
 
 impl Nodes for Sim {
@@ -134,57 +446,19 @@ impl Nodes for Sim {
     }
 
     fn random_u64(&mut self) -> u64 {
-        // xorshift64*: deterministic, which is what a simulation wants.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.next_random()
     }
 
     fn start(&mut self, node: u32, op: &Op<'_>) -> SimPending {
-        let kind = match op {
-            Op::SetIfAbsent { .. } => Kind::Set,
-            Op::DeleteIfToken { .. } => Kind::Delete,
-            Op::ExtendIfToken { .. } => Kind::Extend,
-        };
-        self.log.push((node, kind, self.clock));
-        let now = self.clock;
-        let n = &mut self.nodes[node as usize];
-        let ready_at = Some(now + n.latency_ns);
-        match n.behavior {
-            Behavior::Grant => SimPending {
-                ready_at,
-                reply: Reply::Done,
-            },
-            Behavior::Refuse => SimPending {
-                ready_at,
-                reply: Reply::Refused,
-            },
-            Behavior::Fail => SimPending {
-                ready_at,
-                reply: Reply::Failed(NodeError::Connection("simulated".into())),
-            },
-            Behavior::Hang => SimPending {
-                ready_at: None,
-                reply: Reply::Failed(NodeError::Timeout),
-            },
-            // The command executes when it reaches the node: half-way.
-            Behavior::Redis => {
-                let reply = redis_apply(&mut n.keys, now + n.latency_ns / 2, op);
-                SimPending { ready_at, reply }
-            }
-        }
+        self.send(Sender::default(), node, op)
     }
 
     fn reply(&mut self, p: &mut SimPending) -> Option<Reply> {
-        match p.ready_at {
-            Some(t) if t <= self.clock => Some(p.reply.clone()),
-            _ => None,
-        }
+        self.poll(p)
     }
 
     fn wait(&mut self, pending: &[&SimPending], until_ns: u64) -> Wake {
-        let next = pending.iter().filter_map(|p| p.ready_at).min();
+        let next = next_ready(pending);
         if let Some(c) = self.cancel_at
             && c <= until_ns
             && next.is_none_or(|t| c <= t)
@@ -202,6 +476,173 @@ impl Nodes for Sim {
                 self.clock = self.clock.max(until_ns);
                 Wake::Deadline
             }
+        }
+    }
+}
+
+/// Several clients on one simulated cluster and one virtual clock.
+///
+/// Each client runs on its own thread, but only one runs at a time: when the
+/// running client waits, the client with the earliest wake-up instant runs
+/// next (ties: the lowest index), and the clock jumps there. A run is as
+/// deterministic as the single-client simulation.
+pub struct Stage {
+    state: Mutex<StageState>,
+    turn_changed: Condvar,
+}
+
+struct StageState {
+    sim: Sim,
+    /// When each waiting client wants to run; `None` while it runs or after
+    /// it finished.
+    wake: Vec<Option<u64>>,
+    turn: Option<usize>,
+    /// The client that panicked first: the others must stop instead of
+    /// waiting forever, and its panic is the one to report.
+    panicked: Option<usize>,
+}
+
+/// One client of a [`Stage`]; the engine's [`Nodes`].
+pub struct Client<'a> {
+    pub id: usize,
+    /// Tags this client's commands; the client counts its calls here.
+    pub call: usize,
+    stage: &'a Stage,
+}
+
+impl Stage {
+    /// Runs `client` once per entry of `starts`, each from its start instant,
+    /// and returns the simulation and what each client returned.
+    pub fn run<T: Send>(
+        sim: Sim,
+        starts: &[u64],
+        client: impl Fn(&mut Client<'_>) -> T + Sync,
+    ) -> (Sim, Vec<T>) {
+        let stage = Stage {
+            state: Mutex::new(StageState {
+                sim,
+                wake: starts.iter().map(|&s| Some(s)).collect(),
+                turn: None,
+                panicked: None,
+            }),
+            turn_changed: Condvar::new(),
+        };
+        let results = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..starts.len())
+                .map(|id| {
+                    let (stage, client) = (&stage, &client);
+                    scope.spawn(move || {
+                        let _abort = AbortOnPanic(stage, id);
+                        drop(stage.wait_turn(stage.lock(), id));
+                        let out = client(&mut Client { id, call: 0, stage });
+                        let mut st = stage.lock();
+                        stage.hand_over(&mut st);
+                        out
+                    })
+                })
+                .collect();
+            stage.hand_over(&mut stage.lock());
+            let joined: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
+            if let Some(first) = stage.lock().panicked {
+                let Some(Err(e)) = joined.into_iter().nth(first) else {
+                    unreachable!("client {first} panicked")
+                };
+                std::panic::resume_unwind(e);
+            }
+            joined.into_iter().flatten().collect()
+        });
+        let state = stage
+            .state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        (state.sim, results)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StageState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives the turn to the client that wakes first.
+    fn hand_over(&self, st: &mut StageState) {
+        let next = (st.wake.iter().enumerate())
+            .filter_map(|(i, w)| w.map(|w| (w, i)))
+            .min();
+        st.turn = next.map(|(at, i)| {
+            st.sim.clock = st.sim.clock.max(at);
+            st.wake[i] = None;
+            i
+        });
+        self.turn_changed.notify_all();
+    }
+
+    fn wait_turn<'s>(
+        &'s self,
+        mut st: MutexGuard<'s, StageState>,
+        id: usize,
+    ) -> MutexGuard<'s, StageState> {
+        loop {
+            assert!(st.panicked.is_none(), "another client panicked");
+            if st.turn == Some(id) {
+                return st;
+            }
+            st = self
+                .turn_changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+struct AbortOnPanic<'a>(&'a Stage, usize);
+
+impl Drop for AbortOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().panicked.get_or_insert(self.1);
+            self.0.turn_changed.notify_all();
+        }
+    }
+}
+
+impl Nodes for Client<'_> {
+    type Pending = SimPending;
+
+    fn count(&self) -> u32 {
+        self.stage.lock().sim.nodes.len() as u32
+    }
+
+    fn now_ns(&mut self) -> u64 {
+        self.stage.lock().sim.clock
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        self.stage.lock().sim.next_random()
+    }
+
+    fn start(&mut self, node: u32, op: &Op<'_>) -> SimPending {
+        let from = Sender {
+            client: self.id,
+            call: self.call,
+        };
+        self.stage.lock().sim.send(from, node, op)
+    }
+
+    fn reply(&mut self, p: &mut SimPending) -> Option<Reply> {
+        self.stage.lock().sim.poll(p)
+    }
+
+    /// Cancellation is not simulated here.
+    fn wait(&mut self, pending: &[&SimPending], until_ns: u64) -> Wake {
+        let next = next_ready(pending);
+        let wake = next.map_or(until_ns, |t| t.min(until_ns));
+        let mut st = self.stage.lock();
+        st.wake[self.id] = Some(wake);
+        self.stage.hand_over(&mut st);
+        drop(self.stage.wait_turn(st, self.id));
+        if next.is_some_and(|t| t <= until_ns) {
+            Wake::Progress
+        } else {
+            Wake::Deadline
         }
     }
 }

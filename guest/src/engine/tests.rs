@@ -4,6 +4,8 @@ use crate::quorum::quorum;
 use crate::sim::{Behavior, Kind, Sim};
 use crate::validity::drift_ms;
 
+mod delays;
+
 const MS: u64 = NS_PER_MS;
 const ALL: [Behavior; 4] = [
     Behavior::Grant,
@@ -52,6 +54,7 @@ fn expected_decision(behaviors: &[Behavior], start: u64) -> Option<(bool, u64)> 
     None
 }
 
+/// With fixed latencies, acquire decides exactly when certain, for every mix of 1..=7 nodes.
 #[test]
 fn acquire_decides_exactly_when_certain_for_every_combination_up_to_7_nodes() {
     let ttl = 10_000;
@@ -130,6 +133,7 @@ fn acquire_decides_exactly_when_certain_for_every_combination_up_to_7_nodes() {
     assert_eq!(checked, (1..=7).map(|n| 4usize.pow(n)).sum::<usize>());
 }
 
+/// Release and extend succeed exactly with a quorum, and a failed extend never deletes.
 #[test]
 fn release_and_extend_need_a_quorum_for_every_combination_up_to_7_nodes() {
     for n in 1..=7 {
@@ -165,6 +169,7 @@ fn redis_cluster(n: usize) -> Sim {
     Sim::new(&vec![Behavior::Redis; n])
 }
 
+/// A held lock refuses others, survives their cleanup and wrong tokens, and is free once released.
 #[test]
 fn held_lock_excludes_until_released() {
     let mut sim = redis_cluster(5);
@@ -200,6 +205,7 @@ fn held_lock_excludes_until_released() {
     assert!(acquire(&mut sim, "k", &opts, Some(1_000)).is_ok());
 }
 
+/// Acquire retries until a planted holder's keys expire.
 #[test]
 fn retries_until_the_holder_expires() {
     let mut sim = redis_cluster(3);
@@ -212,6 +218,7 @@ fn retries_until_the_holder_expires() {
     assert!(lock.validity_ms <= 1_000 - drift_ms(1_000));
 }
 
+/// A lock held elsewhere makes acquire give up inside its budget, reporting the deciding refusals.
 #[test]
 fn gives_up_inside_the_budget_when_held() {
     let mut sim = redis_cluster(5);
@@ -237,6 +244,7 @@ fn gives_up_inside_the_budget_when_held() {
     }
 }
 
+/// `retry_count` bounds the attempts when the budget does not.
 #[test]
 fn retry_count_bounds_attempts() {
     let mut sim = Sim::new(&[Behavior::Refuse; 3]);
@@ -254,6 +262,7 @@ fn retry_count_bounds_attempts() {
     assert_eq!(sim.count_ops(Kind::Set), 9);
 }
 
+/// A quorum reached with no validity left is not a lock, and is cleaned up.
 #[test]
 fn slow_attempt_without_validity_is_not_granted() {
     // Quorum needs node 2, which answers at 30 ms; TTL 30 ms leaves no validity.
@@ -268,6 +277,7 @@ fn slow_attempt_without_validity_is_not_granted() {
     assert_eq!(sim.count_ops(Kind::Delete), 3);
 }
 
+/// Extend after validity ended reports the lock lost without I/O.
 #[test]
 fn extend_after_validity_is_lost_without_io() {
     let mut sim = redis_cluster(3);
@@ -281,6 +291,7 @@ fn extend_after_validity_is_lost_without_io() {
     assert_eq!(sim.log.len(), ops);
 }
 
+/// Extend renews validity and the keys' TTL.
 #[test]
 fn extend_renews_validity() {
     let mut sim = redis_cluster(5);
@@ -294,6 +305,7 @@ fn extend_renews_validity() {
     assert_eq!(sim.holder(0, "k"), Some(lock.token.as_str()));
 }
 
+/// A cancelled acquire deletes on every node before returning.
 #[test]
 fn cancellation_cleans_up() {
     let mut sim = Sim::new(&[Behavior::Redis, Behavior::Redis, Behavior::Hang]);
@@ -305,6 +317,7 @@ fn cancellation_cleans_up() {
     assert_eq!(sim.holder(0, "k"), None);
 }
 
+/// A cancellation that arrives during cleanup still ends the acquire.
 #[test]
 fn cancellation_during_cleanup_is_not_lost() {
     // Every attempt fails (3 of 5 refuse), then cleans up; the
@@ -332,6 +345,7 @@ fn cancellation_during_cleanup_is_not_lost() {
     assert_eq!(sim.holder(0, "k"), None);
 }
 
+/// Bad input is refused before any I/O.
 #[test]
 fn bad_input_is_refused_before_any_io() {
     let mut sim = redis_cluster(3);
@@ -380,6 +394,7 @@ fn bad_input_is_refused_before_any_io() {
     assert!(sim.log.is_empty(), "no I/O for bad input");
 }
 
+/// Tokens do not repeat.
 #[test]
 fn tokens_are_distinct() {
     let mut sim = redis_cluster(1);
