@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bindings::api;
 use crate::error::{Error, NodeError, Outcome, QuorumFailure};
 use crate::node::{RedisNodeCtx, RedisNodeCtxBuilder};
-use crate::sandbox::{self, InstancePool, Warm};
+use crate::sandbox::{self, CheckoutError, InstancePool, Warm};
 
 /// How long [`Redlock::release`] may take unless configured: 1 s. With the
 /// default per-node timeout (50 ms) a release normally needs under 1 ms, and
@@ -378,11 +378,40 @@ impl RedlockBuilder {
     }
 }
 
-/// Runs one call in a warm instance, under the sandbox's time limit.
+/// Which operation a call is, for the error of a call that never started.
+#[derive(Clone, Copy)]
+enum Op {
+    Acquire,
+    Release,
+    Extend,
+}
+
+/// Runs one call in a warm instance, under the sandbox's time limit. The
+/// wait for an instance counts against the deadline and obeys `cancel`;
+/// the budget handed to the core is what is left after it.
 macro_rules! in_core {
-    ($shared:expr, $cancel:expr, $budget:expr, |$store:ident, $core:ident| $call:expr) => {{
+    ($shared:expr, $cancel:expr, $deadline:expr, $op:expr, |$store:ident, $core:ident, $budget:ident| $call:expr) => {{
         let shared: &Shared = $shared;
-        let mut warm: Warm = shared.pool.checkout($cancel).await?;
+        let deadline: Deadline = $deadline;
+        // Without a deadline the core answers DeadlineNeeded before any I/O;
+        // here too, so that no wait for an instance is unbounded.
+        let Some(at) = deadline.instant() else {
+            return Err(Error::DeadlineNeeded);
+        };
+        // A deadline already past is the caller's input error (the core
+        // says so); one that passed while waiting for an instance is not.
+        let past_at_call = at <= Instant::now();
+        let mut warm: Warm = match shared.pool.checkout($cancel, at).await {
+            Ok(warm) => warm,
+            Err(CheckoutError::DeadlinePassed) => return Err(shared.never_started($op)),
+            Err(CheckoutError::Cancelled) => return Err(Error::Cancelled),
+            Err(CheckoutError::Core(e)) => return Err(e),
+        };
+        let $budget = deadline.budget_ms();
+        if $budget == Some(0) && !past_at_call && !matches!($op, Op::Extend) {
+            shared.pool.checkin(warm);
+            return Err(shared.never_started($op));
+        }
         let limit = Duration::from_millis($budget.unwrap_or(0)).saturating_add(GUEST_SLACK);
         let result = {
             let Warm {
@@ -491,16 +520,20 @@ impl Redlock {
                 "no TTL: set one on the builder or in AcquireOptions".into(),
             ));
         };
-        let budget = deadline.into().budget_ms();
         let opts = api::Options {
             ttl_ms: ms(ttl),
             retry_count: o.retry_count,
             retry_delay_ms: o.retry_delay.map(ms32),
             retry_jitter_ms: o.retry_jitter.map(ms32),
         };
-        in_core!(&self.inner, o.cancel.as_ref(), budget, |store, core| {
-            core.call_acquire(store, key, opts, budget)
-        })
+        let deadline = deadline.into();
+        in_core!(
+            &self.inner,
+            o.cancel.as_ref(),
+            deadline,
+            Op::Acquire,
+            |store, core, budget| core.call_acquire(store, key, opts, budget)
+        )
         .map(Lock::from_guest)
     }
 
@@ -518,11 +551,14 @@ impl Redlock {
         lock: &Lock,
         deadline: impl Into<Deadline>,
     ) -> Result<(), Error> {
-        let budget = deadline.into().budget_ms();
         let guest_lock = lock.to_guest();
-        in_core!(&self.inner, None, budget, |store, core| {
-            core.call_release(store, &guest_lock, budget)
-        })
+        in_core!(
+            &self.inner,
+            None,
+            deadline.into(),
+            Op::Release,
+            |store, core, budget| core.call_release(store, &guest_lock, budget)
+        )
     }
 
     /// Sets the lock's TTL to `ttl` on every node that still holds its token;
@@ -541,13 +577,20 @@ impl Redlock {
         ttl: Duration,
         deadline: impl Into<Deadline>,
     ) -> Result<Lock, Error> {
-        let deadline = deadline.into();
-        // An expired lock has no budget left but must still answer LockLost.
-        let budget = deadline.budget_ms().map(|b| b.max(1));
         let guest_lock = lock.to_guest();
-        in_core!(&self.inner, None, budget, |store, core| {
-            core.call_extend(store, &guest_lock, ms(ttl), budget)
-        })
+        in_core!(
+            &self.inner,
+            None,
+            deadline.into(),
+            Op::Extend,
+            // An expired lock has no budget left but must still answer LockLost.
+            |store, core, budget| core.call_extend(
+                store,
+                &guest_lock,
+                ms(ttl),
+                budget.map(|b| b.max(1))
+            )
+        )
         .map(Lock::from_guest)
     }
 }
@@ -562,6 +605,23 @@ impl fmt::Debug for Redlock {
 }
 
 impl Shared {
+    /// The error of a call whose deadline passed before it could start
+    /// (every instance slot of the process busy): no attempt, no node asked.
+    fn never_started(&self, op: Op) -> Error {
+        let addrs: Vec<_> = self.nodes.nodes().cloned().collect();
+        let failure = QuorumFailure::describe(
+            0,
+            true,
+            &addrs,
+            (0..addrs.len()).map(|i| (i, Outcome::NoReply)),
+        );
+        match op {
+            Op::Acquire => Error::UnableToAcquire(failure),
+            Op::Release => Error::UnableToRelease(failure),
+            Op::Extend => Error::LockLost(failure),
+        }
+    }
+
     /// The guest's error, with node indices turned into addresses.
     fn error(&self, e: api::Error) -> Error {
         let addrs: Vec<_> = self.nodes.nodes().cloned().collect();

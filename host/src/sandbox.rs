@@ -40,7 +40,7 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
 /// call needs about 2 per node.
 const MAX_RESOURCES: usize = 4096;
 
-/// Idle warm instances kept per manager for reuse.
+/// Idle warm instances kept per process (per lock core) for reuse.
 const MAX_IDLE: usize = 64;
 
 /// How often the epoch ticks; a busy guest yields to the executor this often.
@@ -51,6 +51,8 @@ pub(crate) struct Runtime {
     engine: Engine,
     pre: LockCorePre<HostState>,
     slots: Arc<Semaphore>,
+    /// Idle warm instances, shared by every manager of this runtime.
+    idle: Mutex<Vec<Warm>>,
 }
 
 /// Per-store data: WASI (no capabilities but clocks and random), the resource
@@ -176,6 +178,7 @@ impl Runtime {
             engine,
             pre,
             slots: Arc::new(Semaphore::new(MAX_INSTANCES)),
+            idle: Mutex::new(Vec::new()),
         })
     }
 }
@@ -198,12 +201,30 @@ fn start_epoch_ticker(engine: &Engine) {
         .expect("spawn the epoch ticker thread");
 }
 
-/// Warm instances for one manager, plus its store settings.
+/// Why a checkout gave no instance.
+#[derive(Debug)]
+pub(crate) enum CheckoutError {
+    /// The deadline passed while every instance slot was busy.
+    DeadlinePassed,
+    /// The caller's cancellation token fired while waiting.
+    Cancelled,
+    /// The core could not be instantiated.
+    Core(Error),
+}
+
+/// Warm instances for one manager: its store settings over the process-wide
+/// pool of idle instances.
+///
+/// Idle instances are shared by every manager of a runtime: an instance
+/// keeps no state between calls, so checkout rebinds it to the caller's
+/// nodes and cancellation. An idle instance occupies one of the
+/// [`MAX_INSTANCES`] slots; it is kept only while slots are free, and when
+/// none is free a caller evicts an idle one before it waits. Waiting for a
+/// slot counts against the caller's deadline and obeys its cancellation.
 pub(crate) struct InstancePool {
     runtime: &'static Runtime,
     nodes: RedisNodeCtx,
     memory_limit: AtomicUsize,
-    idle: Mutex<Vec<Warm>>,
 }
 
 /// An instance with its store.
@@ -220,60 +241,103 @@ impl InstancePool {
             runtime,
             nodes,
             memory_limit: AtomicUsize::new(memory_limit),
-            idle: Mutex::new(Vec::new()),
         }
     }
 
-    /// Sets the memory cap for instances made from now on, and drops idle
-    /// instances made with another cap.
+    /// Sets the memory cap for instances this manager uses from now on
+    /// (idle instances made with another cap are not reused by it).
     pub(crate) fn set_memory_limit(&self, bytes: usize) {
         self.memory_limit.store(bytes, Ordering::SeqCst);
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|w| w.memory_limit == bytes);
     }
 
-    /// A warm instance ready for one call, with `cancel` visible to it.
-    pub(crate) async fn checkout(&self, cancel: Option<&CancellationToken>) -> Result<Warm, Error> {
-        let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut warm = match reused {
-            Some(w) => w,
-            None => self.instantiate().await?,
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.runtime.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A warm instance ready for one call, with `cancel` visible to it;
+    /// waits for a free slot at most until `deadline`.
+    pub(crate) async fn checkout(
+        &self,
+        cancel: Option<&CancellationToken>,
+        deadline: Instant,
+    ) -> Result<Warm, CheckoutError> {
+        let memory_limit = self.memory_limit.load(Ordering::SeqCst);
+        let slots = &self.runtime.slots;
+        let slot = loop {
+            let reused = {
+                let mut idle = self.idle();
+                let found = idle.iter().rposition(|w| w.memory_limit == memory_limit);
+                found.map(|i| idle.swap_remove(i))
+            };
+            if let Some(mut warm) = reused {
+                let data = warm.store.data_mut();
+                data.nodes = self.nodes.clone();
+                data.cancel = cancel.cloned();
+                return Ok(warm);
+            }
+            if let Ok(slot) = slots.clone().try_acquire_owned() {
+                break slot;
+            }
+            // Every slot is taken: an idle instance (of another memory cap)
+            // gives its slot up before anyone waits.
+            let evicted = self.idle().pop();
+            if evicted.is_none() {
+                let cancelled = async {
+                    match cancel {
+                        Some(c) => c.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => {
+                        break slot.map_err(|_| CheckoutError::Core(Error::Core("instance slots closed".into())))?;
+                    }
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        return Err(CheckoutError::DeadlinePassed);
+                    }
+                    _ = cancelled => return Err(CheckoutError::Cancelled),
+                }
+            }
         };
+        let mut warm = self
+            .instantiate(slot, memory_limit)
+            .await
+            .map_err(CheckoutError::Core)?;
         warm.store.data_mut().cancel = cancel.cloned();
         Ok(warm)
     }
 
     /// Returns an instance whose last call finished normally. It is kept
-    /// only if it is known clean: the guest dropped every resource it made.
+    /// only if it is known clean (the guest dropped every resource it made)
+    /// and while instance slots are free: under pressure its slot goes to
+    /// whoever waits for one.
     pub(crate) fn checkin(&self, mut warm: Warm) {
         warm.store.data_mut().cancel = None;
         if !warm.store.data().table.is_empty() {
             tracing::debug!("lock core left resources behind; dropping its instance");
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE && warm.memory_limit == self.memory_limit.load(Ordering::SeqCst) {
+        if self.runtime.slots.available_permits() == 0 {
+            return;
+        }
+        let mut idle = self.idle();
+        if idle.len() < MAX_IDLE {
             idle.push(warm);
         }
     }
 
-    async fn instantiate(&self) -> Result<Warm, Error> {
+    async fn instantiate(
+        &self,
+        slot: OwnedSemaphorePermit,
+        memory_limit: usize,
+    ) -> Result<Warm, Error> {
         let rt = self.runtime;
-        let slot = rt
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Core("instance slots closed".into()))?;
         let wasi = wasmtime_wasi::WasiCtx::builder()
             .monotonic_clock(ProcessClock)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let memory_limit = self.memory_limit.load(Ordering::SeqCst);
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory_limit)
             .instances(16)
