@@ -123,11 +123,12 @@ pub enum Error {
 
 /// How long a round waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Until {
+enum Until<'a> {
     /// Until the quorum outcome is certain.
     Decided,
-    /// Until every node answered (cleanup: delete everywhere we can).
-    AllAnswered,
+    /// Until every node marked `true` answered (cleanup: a delete goes to
+    /// every node, but only responsive ones are waited for).
+    Answered(&'a [bool]),
 }
 
 /// How a round ended.
@@ -146,7 +147,7 @@ struct Round {
 
 /// Sends `op` to every node at once and collects replies until `until`
 /// says stop or `until_ns` passes.
-fn round<N: Nodes>(nodes: &mut N, op: &Op<'_>, until_ns: u64, until: Until) -> Round {
+fn round<N: Nodes>(nodes: &mut N, op: &Op<'_>, until_ns: u64, until: Until<'_>) -> Round {
     let n = nodes.count();
     let mut pending: Vec<Option<N::Pending>> = (0..n).map(|i| Some(nodes.start(i, op))).collect();
     let mut outcomes = vec![Outcome::NoReply; n as usize];
@@ -162,10 +163,17 @@ fn round<N: Nodes>(nodes: &mut N, op: &Op<'_>, until_ns: u64, until: Until) -> R
         let decided = match (until, tally.decision()) {
             (Until::Decided, Decision::Reached) => Some(End::Reached),
             (Until::Decided, Decision::Impossible) => Some(End::Impossible),
-            (Until::AllAnswered, d) if tally.all_answered() => Some(match d {
-                Decision::Reached => End::Reached,
-                _ => End::Impossible,
-            }),
+            (Until::Answered(wanted), d)
+                if pending
+                    .iter()
+                    .zip(wanted)
+                    .all(|(slot, &w)| slot.is_none() || !w) =>
+            {
+                Some(match d {
+                    Decision::Reached => End::Reached,
+                    _ => End::Impossible,
+                })
+            }
             _ => None,
         };
         if let Some(end) = decided {
@@ -190,17 +198,33 @@ fn round<N: Nodes>(nodes: &mut N, op: &Op<'_>, until_ns: u64, until: Until) -> R
     }
 }
 
-/// Deletes `key` wherever it holds `token`, waiting for every node until
-/// `until_ns`. Used after a failed or cancelled acquire: a node that seemed
-/// to fail may still have executed the SET, so every node is asked.
-/// Returns true when a cancellation arrived meanwhile (it is reported only
-/// once, so the caller must act on it).
-fn clean_up<N: Nodes>(nodes: &mut N, key: &str, token: &str, until_ns: u64) -> bool {
+/// Deletes `key` wherever it holds `token`. Used after a failed or
+/// cancelled acquire: a node that seemed to fail may still have executed
+/// the SET, so every node is asked. Waits, until `until_ns`, only for the
+/// nodes that answered the SET (`done` or `refused`): a slow, paused or
+/// failing node must not cost a losing attempt its timeout. The host sends
+/// each node's commands in order on one connection, so a delete not waited
+/// for still lands after its SET and finishes in the background; a retry's
+/// SET that finds the token still there counts as granted
+/// (`set-if-absent` is a compare-and-set). Returns true when a cancellation
+/// arrived meanwhile (it is reported only once, so the caller must act on
+/// it).
+fn clean_up<N: Nodes>(
+    nodes: &mut N,
+    key: &str,
+    token: &str,
+    until_ns: u64,
+    set_outcomes: &[Outcome],
+) -> bool {
+    let answered: Vec<bool> = set_outcomes
+        .iter()
+        .map(|o| matches!(o, Outcome::Done | Outcome::Refused))
+        .collect();
     let r = round(
         nodes,
         &Op::DeleteIfToken { key, token },
         until_ns,
-        Until::AllAnswered,
+        Until::Answered(&answered),
     );
     r.end == End::Cancelled
 }
@@ -258,17 +282,17 @@ pub fn acquire<N: Nodes>(
             }
             End::Cancelled => {
                 let soon = now.saturating_add(options::CANCEL_CLEANUP_MS * NS_PER_MS);
-                clean_up(nodes, key, &token, deadline.min(soon));
+                clean_up(nodes, key, &token, deadline.min(soon), &r.outcomes);
                 return Err(Error::Cancelled);
             }
             End::Impossible | End::DeadlinePassed => {}
         }
-        if clean_up(nodes, key, &token, deadline) {
+        if clean_up(nodes, key, &token, deadline, &r.outcomes) {
             // Cancelled while cleaning up: finish the cleanup, briefly.
             let soon = nodes
                 .now_ns()
                 .saturating_add(options::CANCEL_CLEANUP_MS * NS_PER_MS);
-            clean_up(nodes, key, &token, deadline.min(soon));
+            clean_up(nodes, key, &token, deadline.min(soon), &r.outcomes);
             return Err(Error::Cancelled);
         }
         if reported.is_none() || r.outcomes.iter().any(|o| *o != Outcome::NoReply) {

@@ -404,8 +404,9 @@ fn redis_apply(
         ns - ns / 1_000_000 * skew_ppm
     };
     match *op {
+        // lua/set-if-absent.lua: free, or already this token (TTL anew).
         Op::SetIfAbsent { key, token, ttl_ms } => {
-            if keys.contains_key(key) {
+            if keys.get(key).is_some_and(|(t, _)| t != token) {
                 Reply::Refused
             } else {
                 keys.insert(key.into(), (token.into(), now + lifetime(ttl_ms)));
@@ -419,9 +420,10 @@ fn redis_apply(
             }
             _ => Reply::Refused,
         },
+        // lua/extend-if-token.lua: never shortens.
         Op::ExtendIfToken { key, token, ttl_ms } => match keys.get_mut(key) {
             Some((t, exp)) if t == token => {
-                *exp = now + lifetime(ttl_ms);
+                *exp = (*exp).max(now + lifetime(ttl_ms));
                 Reply::Done
             }
             _ => Reply::Refused,

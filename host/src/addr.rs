@@ -70,8 +70,9 @@ impl NodeAddr {
         Ok(Self { info, shown })
     }
 
-    /// What identifies a node for duplicate detection: host, port, database.
-    pub(crate) fn identity(&self) -> (String, u16, i64) {
+    /// What identifies a server for duplicate detection: host and port
+    /// (two databases of one server are one server).
+    pub(crate) fn identity(&self) -> (String, u16) {
         let (host, port) = match self.info.addr() {
             ConnectionAddr::Tcp(h, p)
             | ConnectionAddr::TcpTls {
@@ -79,7 +80,7 @@ impl NodeAddr {
             } => (h.to_ascii_lowercase(), *p),
             _ => (String::new(), 0),
         };
-        (host, port, self.info.redis_settings().db())
+        (host, port)
     }
 
     /// The connection info, password included: for connecting only.

@@ -398,6 +398,9 @@ macro_rules! in_core {
         let Some(at) = deadline.instant() else {
             return Err(Error::DeadlineNeeded);
         };
+        if let Some(same) = shared.nodes.same_servers() {
+            return Err(Error::Config(same));
+        }
         // A deadline already past is the caller's input error (the core
         // says so); one that passed while waiting for an instance is not.
         let past_at_call = at <= Instant::now();

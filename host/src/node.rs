@@ -42,8 +42,13 @@ pub const DEFAULT_CONCURRENCY: usize = 10;
 /// same script file serves the wasi:sockets plug (`plug/`).
 const DELETE_IF_TOKEN: &str = include_str!("../../lua/delete-if-token.lua");
 
-/// Compare-and-extend: a new TTL only while the key holds our token.
+/// Compare-and-extend: a TTL at least the new one, only while the key holds
+/// our token.
 const EXTEND_IF_TOKEN: &str = include_str!("../../lua/extend-if-token.lua");
+
+/// Compare-and-set: set when free, or refresh when it already holds our
+/// token (a retry finding its own earlier SET counts as granted).
+const SET_IF_ABSENT: &str = include_str!("../../lua/set-if-absent.lua");
 
 /// The state of the `redis-node` capability: node connections, the per-node
 /// timeout, the concurrency limit and the key prefix. Cheap to clone; clones
@@ -59,11 +64,15 @@ struct Inner {
     limiter: Arc<Semaphore>,
     concurrency: usize,
     prefix: String,
+    set: Script,
     delete: Script,
     extend: Script,
     /// Requests the guest stopped waiting for, finishing in the background.
     background: TaskTracker,
 }
+
+/// Which configured node first showed each server identity (`run_id`).
+type Servers = Arc<Mutex<std::collections::HashMap<String, (usize, String)>>>;
 
 struct Node {
     addr: NodeAddr,
@@ -77,6 +86,14 @@ struct Node {
     /// for a connection are sent in the order they were made: a cleanup
     /// delete never overtakes the SET it cleans up after.
     connecting: tokio::sync::Mutex<()>,
+    /// This node's place in the configuration.
+    index: usize,
+    /// Shared by the context's nodes: the first node to show a server's
+    /// `run_id` owns it; a later node that shows the same server is refused.
+    servers: Servers,
+    /// Set when this node turned out to be the same server as an earlier
+    /// one: the address of that one, for the error.
+    same_as: Mutex<Option<String>>,
 }
 
 /// An in-memory node's keys: value and expiry.
@@ -175,6 +192,7 @@ impl RedisNodeCtxBuilder {
             )));
         }
         let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
+        let servers = Servers::default();
         for spec in self.nodes {
             let memory = matches!(spec, NodeSpec::Memory).then(Memory::default);
             let (addr, client) = match spec {
@@ -201,6 +219,7 @@ impl RedisNodeCtxBuilder {
                     *client,
                 ),
             };
+            // Another database of the same server is the same server.
             if let Some(dup) = nodes.iter().find(|n| n.addr.identity() == addr.identity()) {
                 return Err(Error::Config(format!(
                     "node {addr} is listed twice (as {}): Redlock needs independent nodes",
@@ -218,6 +237,9 @@ impl RedisNodeCtxBuilder {
                 client,
                 conn: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
+                index: nodes.len(),
+                servers: servers.clone(),
+                same_as: Mutex::new(None),
             });
         }
         if u32::try_from(nodes.len()).is_err() {
@@ -230,6 +252,7 @@ impl RedisNodeCtxBuilder {
                 limiter: Arc::new(Semaphore::new(concurrency)),
                 concurrency,
                 prefix: self.prefix,
+                set: Script::new(SET_IF_ABSENT),
                 delete: Script::new(DELETE_IF_TOKEN),
                 extend: Script::new(EXTEND_IF_TOKEN),
                 background: TaskTracker::new(),
@@ -321,6 +344,22 @@ impl RedisNodeCtx {
         t.reopen();
     }
 
+    /// When two configured nodes turned out to be one Redis server (the same
+    /// `run_id`, seen when they connected): the error naming both. Every
+    /// operation is then refused with [`Error::Config`]; until then the
+    /// later node of the two never counts.
+    pub fn same_servers(&self) -> Option<String> {
+        self.inner.nodes.iter().find_map(|n| {
+            n.same_server_as().map(|earlier| {
+                format!(
+                    "nodes {earlier} and {} are the same Redis server (same run_id): \
+                     Redlock needs independent nodes",
+                    n.addr
+                )
+            })
+        })
+    }
+
     /// What every node holds for `key` right now (value and remaining TTL),
     /// read-only, for status displays. Not part of the algorithm.
     pub async fn inspect(&self, key: &str) -> Vec<Result<KeyState, crate::error::NodeError>> {
@@ -388,14 +427,22 @@ impl RedisNodeCtx {
             }
             let run = async {
                 let mut conn = n.connection(inner.timeout).await?;
+                if let Some(earlier) = n.same_server_as() {
+                    return Ok(Reply::Failed(NodeError::Other(format!(
+                        "node {} is the same Redis server as node {earlier} (same run_id): \
+                         Redlock needs independent nodes",
+                        n.addr
+                    ))));
+                }
                 let r = cmd.run(&mut conn, &inner).await;
                 n.check(&r);
                 match r {
-                    // The connection had died (a restarted node): retry once
-                    // on a new one. Safe even if the first try ran: a second
-                    // SET NX of our token is refused, a second compare-and-
-                    // delete finds nothing, a second extend extends again.
-                    Err(e) if e.is_connection_dropped() => {
+                    // The connection had died (a restarted node): send a
+                    // compare-and-delete or compare-and-extend once more on
+                    // a new one (running twice is harmless). Never a SET: it
+                    // may still land after the cleanup delete that a new
+                    // connection would carry, and leave a key behind.
+                    Err(e) if e.is_connection_dropped() && cmd.may_resend() => {
                         let mut conn = n.connection(inner.timeout).await?;
                         let r = cmd.run(&mut conn, &inner).await;
                         n.check(&r);
@@ -456,24 +503,71 @@ impl Node {
         // fallback needs a second round trip, which a request that timed
         // out (a paused node) would never make. An ACL user without SCRIPT
         // is refused here; then the fallback does the work.
-        let load = redis::pipe()
+        // In the same round trip: the server's identity, so that one server
+        // behind two URLs (`localhost` and `127.0.0.1`) never counts twice.
+        let replies = redis::pipe()
+            .ignore_errors()
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SET_IF_ABSENT)
             .cmd("SCRIPT")
             .arg("LOAD")
             .arg(DELETE_IF_TOKEN)
             .cmd("SCRIPT")
             .arg("LOAD")
             .arg(EXTEND_IF_TOKEN)
-            .query_async::<(String, String)>(&mut c)
-            .await;
-        if let Err(e) = load {
-            if e.is_io_error() || e.is_connection_dropped() {
-                return Err(e);
+            .cmd("INFO")
+            .arg("server")
+            .query_async::<Vec<redis::RedisResult<Value>>>(&mut c)
+            .await?;
+        for r in &replies[..3.min(replies.len())] {
+            if let Err(e) = r {
+                if e.is_io_error() || e.is_connection_dropped() {
+                    return Err(e.clone());
+                }
+                tracing::debug!(node = %self.addr, error = %e, "SCRIPT LOAD refused");
             }
-            tracing::debug!(node = %self.addr, error = %e, "SCRIPT LOAD refused");
+        }
+        match replies.get(3) {
+            Some(Ok(info)) => self.register_server(info),
+            // An ACL user without INFO: the server cannot be told apart.
+            other => tracing::debug!(node = %self.addr, reply = ?other, "INFO server refused"),
         }
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
         tracing::debug!(node = %self.addr, "connected");
         Ok(c)
+    }
+
+    /// Records the server's `run_id` (from `INFO server`); if an earlier
+    /// node of this context showed the same server, marks this one.
+    fn register_server(&self, info: &Value) {
+        let text = match info {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::VerbatimString { text, .. } => text.clone(),
+            _ => return,
+        };
+        let Some(run_id) = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("run_id:"))
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let (owner, owner_addr) = servers
+            .entry(run_id)
+            .or_insert_with(|| (self.index, self.addr.to_string()))
+            .clone();
+        let mut same_as = self.same_as.lock().unwrap_or_else(|e| e.into_inner());
+        *same_as = (owner != self.index).then_some(owner_addr);
+    }
+
+    /// The address of the earlier node that is the same server, if any.
+    fn same_server_as(&self) -> Option<String> {
+        self.same_as
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Drops the connection after an error that means it is broken, so the
@@ -537,6 +631,12 @@ pub(crate) enum Command {
 }
 
 impl Command {
+    /// Whether sending it again on a new connection is harmless: a
+    /// compare-and-delete or compare-and-extend, never a SET.
+    fn may_resend(&self) -> bool {
+        !matches!(self, Command::SetIfAbsent { .. })
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Command::SetIfAbsent { .. } => "set-if-absent",
@@ -559,7 +659,7 @@ impl Command {
         }
         match self {
             Command::SetIfAbsent { key, token, ttl_ms } => {
-                if keys.contains_key(key) {
+                if keys.get(key).is_some_and(|(t, _)| t != token) {
                     return Reply::Refused;
                 }
                 let expires = now + Duration::from_millis(*ttl_ms);
@@ -576,7 +676,7 @@ impl Command {
             }
             Command::ExtendIfToken { key, token, ttl_ms } => match keys.get_mut(key) {
                 Some((t, expires)) if t == token => {
-                    *expires = now + Duration::from_millis(*ttl_ms);
+                    *expires = (*expires).max(now + Duration::from_millis(*ttl_ms));
                     Reply::Done
                 }
                 _ => Reply::Refused,
@@ -591,13 +691,12 @@ impl Command {
     ) -> Result<Reply, RedisError> {
         let value: Value = match self {
             Command::SetIfAbsent { key, token, ttl_ms } => {
-                redis::cmd("SET")
-                    .arg(key)
+                inner
+                    .set
+                    .key(key)
                     .arg(token)
-                    .arg("NX")
-                    .arg("PX")
                     .arg(*ttl_ms)
-                    .query_async(conn)
+                    .invoke_async(conn)
                     .await?
             }
             Command::DeleteIfToken { key, token } => {

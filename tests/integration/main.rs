@@ -9,6 +9,7 @@ mod components;
 mod faults;
 mod hostile;
 mod input;
+mod promises;
 mod run;
 mod sandbox;
 mod scenarios;

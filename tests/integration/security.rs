@@ -144,6 +144,7 @@ async fn acl_user_limited_to_the_prefix() {
                 "+get",
                 "+del",
                 "+pexpire",
+                "+pttl",
                 "+eval",
                 "+evalsha",
                 "+script|load",
