@@ -194,26 +194,56 @@ async fn cancellation_token_stops_and_cleans_up() {
     assert_eq!(c.with_key(&k), 3, "the other client's keys are untouched");
 }
 
-/// Dropping an acquire future stops at once; what it set expires with the TTL.
+/// Dropping an acquire future mid-flight, after its SETs went out (node 0
+/// already holds the key; nodes 1 and 2 are paused, so the call is still
+/// waiting): it stops at once, what it set carries the call's TTL and so
+/// expires with it, and the manager keeps working. Round one dropped the
+/// call after 1 µs, most likely before any SET was sent.
 #[tokio::test]
 async fn dropped_acquire_leaves_at_most_expiring_keys() {
     let c = Cluster::start(3);
-    let r = manager(&c);
+    let r = Redlock::builder()
+        .nodes(c.urls())
+        .ttl(TTL)
+        .node_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    assert!(r.connect().await.iter().all(Result::is_ok));
     let k = key("dropped");
+    c.nodes[1].pause().unwrap();
     c.nodes[2].pause().unwrap();
-    let ttl = Duration::from_millis(300);
+    let ttl = Duration::from_millis(700);
     let opts = AcquireOptions::new().ttl(ttl);
-    // Two nodes grant quickly, so this would succeed; drop it mid-flight.
-    let _ = tokio::time::timeout(
-        Duration::from_micros(1),
-        r.acquire_with(&k, Duration::from_secs(1), opts),
-    )
-    .await;
+    let call = r.acquire_with(&k, Duration::from_secs(3), opts);
+    tokio::pin!(call);
+    let start = Instant::now();
+    loop {
+        tokio::select! {
+            res = &mut call => panic!("cannot finish with 2 of 3 paused: {res:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+        if c.nodes[0].get(&k).is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "no SET reached node 0"
+        );
+    }
+    // Dropped here, with its SETs out.
+    drop(call);
+    let pttl = c.nodes[0].pttl(&k);
+    assert!(
+        pttl > 0 && pttl <= ttl.as_millis() as i64,
+        "expires with the call's TTL: {pttl} ms"
+    );
+    c.nodes[1].resume().unwrap();
     c.nodes[2].resume().unwrap();
-    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
-    eventually("everything expired with the TTL", || c.with_key(&k) == 0).await;
-    // The manager still works after a dropped call.
-    let lock = r.acquire(&k, Duration::from_secs(1)).await.unwrap();
+    // The manager still works after a dropped call (another key).
+    let lock = r
+        .acquire(&key("dropped-after"), Duration::from_secs(2))
+        .await
+        .unwrap();
     r.release(&lock).await.unwrap();
 }
 

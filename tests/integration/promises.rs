@@ -216,3 +216,58 @@ async fn a_slow_node_does_not_slow_losing_attempts() {
         "cleaned up behind the slow node too"
     );
 }
+
+/// A holder that believes it still holds a lock its successor now holds
+/// (a lock rebuilt with a far validity, as a paused client would have):
+/// the nodes refuse its extend and release, and the successor's keys are
+/// untouched. Decided by the nodes, not by the client's clock. Negative
+/// control, run once by hand: with an extend script that does not compare
+/// the token (a plain PEXPIRE), the late extend succeeded.
+#[tokio::test]
+async fn late_extend_and_release_are_refused_by_the_nodes() {
+    let c = Cluster::start(3);
+    let k = key("late-holder");
+    let r = Redlock::builder()
+        .nodes(c.urls())
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let short = AcquireOptions::new().ttl(Duration::from_millis(100));
+    let old = r
+        .acquire_with(&k, Duration::from_secs(1), short)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let successor = r.acquire(&k, Duration::from_secs(1)).await.unwrap();
+    r.settle(Duration::from_secs(1)).await;
+    assert_eq!(c.holding(&k, successor.token()), 3);
+
+    let paused =
+        redlock_wasm::Lock::from_parts(&k, old.token(), Instant::now() + Duration::from_secs(10));
+    let err = r
+        .extend(&paused, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    let Error::LockLost(f) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(f.attempts, 1, "asked the nodes: {err}");
+    assert!(f.refused() >= 2, "the nodes refused: {err}");
+    let err = r.release(&paused).await.unwrap_err();
+    assert!(matches!(err, Error::UnableToRelease(_)), "{err:?}");
+
+    r.settle(Duration::from_secs(1)).await;
+    assert_eq!(
+        c.holding(&k, successor.token()),
+        3,
+        "the successor's keys stay"
+    );
+    for n in &c.nodes {
+        assert!(
+            n.pttl(&k) <= 10_000,
+            "not extended to 60 s by the old holder"
+        );
+    }
+    r.release(&successor).await.unwrap();
+}
