@@ -20,6 +20,8 @@
 //! - [`lock`]: [`Redlock`], its builder, [`Lock`], [`Deadline`]: the API,
 //!   shaped like the Go library it grew from.
 //! - [`error`]: [`Error`] and the per-node detail of quorum failures.
+//! - [`check`]: deployment checks ([`Redlock::check`], `redlock doctor`):
+//!   does each node meet Redlock's assumptions, and does a quorum?
 //! - [`node`]: the `redis-node` capability (connections, per-node timeout,
 //!   concurrency limit, Lua scripts), reusable by any wasmtime embedder.
 //! - [`addr`]: node URLs, printable without passwords.
@@ -32,6 +34,7 @@
 
 pub mod addr;
 mod bindings;
+pub mod check;
 pub mod error;
 pub mod local;
 pub mod lock;
@@ -40,6 +43,7 @@ mod sandbox;
 pub mod signal;
 
 pub use addr::NodeAddr;
+pub use check::{Check, DeploymentReport, Finding, Level, NodeReport, Verdict};
 pub use error::{Error, NodeError, NodeOutcome, Outcome, QuorumFailure};
 pub use lock::{AcquireOptions, Deadline, Lock, Redlock, RedlockBuilder};
 pub use node::{KeyState, RedisNode, RedisNodeCtx, RedisNodeCtxBuilder, add_to_linker};

@@ -402,6 +402,14 @@ impl RedisNodeCtx {
         futures::future::join_all(reads).await
     }
 
+    /// Node `i`'s client, or `None` for an in-memory node: for the
+    /// deployment checks ([`crate::check`]), which open a connection of
+    /// their own so that they never disturb the one lock requests share.
+    pub(crate) fn check_client(&self, i: usize) -> Option<&redis::Client> {
+        let node = self.inner.nodes.get(i)?;
+        node.memory.is_none().then_some(&node.client)
+    }
+
     /// Runs one command on one node with the limit and timeout applied.
     /// The permit goes into `slot`, so that a request the guest abandons
     /// gives its permit back at once while it finishes in the background:

@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(after_help = "\
 Exit codes: the command's own code for `run`; 75 lock not acquired; \
 76 lock lost (`run`: the command was terminated; `extend`: the nodes refused \
-the token); 79 skipped by --once-per; 2 bad usage or configuration; \
+the token); 79 skipped by --once-per; 3 `doctor` found warnings; 2 bad usage \
+or configuration (`doctor`: the nodes are unusable); \
 1 other failures (`release`: the nodes refused the token); 126 / 127 the \
 command could not be run.
 
@@ -20,7 +21,8 @@ Examples:
   redlock demo
   redlock --node redis://10.0.0.1 --node redis://10.0.0.2 --node redis://10.0.0.3 \\
       run --key nightly-backup --ttl 60s -- ./backup.sh
-  REDLOCK_NODES=redis://a,redis://b,redis://c redlock status --key nightly-backup")]
+  REDLOCK_NODES=redis://a,redis://b,redis://c redlock status --key nightly-backup
+  REDLOCK_NODES=redis://a,redis://b,redis://c redlock doctor")]
 pub struct Cli {
     /// More logging: -v for details of each node's replies, -vv for everything.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -66,6 +68,22 @@ pub enum Command {
     ///
     /// Example: redlock status --key nightly-backup
     Status(StatusArgs),
+    /// Check that the nodes meet Redlock's assumptions.
+    ///
+    /// Asks every node, read-only, and prints one row per node: reachable
+    /// (and faster than --node-timeout), a master (not a replica), not in
+    /// cluster mode, the Redis version (2.6.12+ needed, 6.0+ advised),
+    /// maxmemory-policy (anything but noeviction can evict a held lock),
+    /// persistence (and the restart rule it implies), the clock offset from
+    /// this machine (over 1 s is a warning) and whether a server is listed
+    /// twice (same run_id). A command refused by an ACL, renamed or
+    /// disabled makes its check unknown, not a failure.
+    ///
+    /// Exit 0: all good; 3: warnings or unknown checks; 2: unusable (fewer
+    /// usable masters than a quorum, or a server listed twice).
+    ///
+    /// Example: REDLOCK_NODES=redis://a,redis://b,redis://c redlock doctor
+    Doctor(DoctorArgs),
     /// Internal: the watchdog `run` starts between itself and the command.
     #[command(name = "__watchdog", hide = true)]
     Watchdog(crate::watchdog::WatchdogArgs),
@@ -190,6 +208,19 @@ pub struct StatusArgs {
     /// The lock's key.
     #[arg(long, short)]
     pub key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub nodes: NodeArgs,
+    /// How long to spend on each node (all nodes are asked at once).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    pub timeout: Duration,
+    /// Print the report as JSON: verdict, quorum, usable, reasons, and per
+    /// node its findings (check, level, summary, detail).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,14 @@ pub const NOT_ACQUIRED: u8 = 75;
 pub const LOST: u8 = 76;
 /// `run --once-per`: the command already ran this period; it did not run.
 pub const SKIPPED: u8 = 79;
+/// `doctor`: the nodes can hold locks, but something needs attention (a
+/// warning, or a check that could not be made). Distinct from every other
+/// code here.
+pub const WARNINGS: u8 = 3;
+/// `doctor`: the nodes cannot hold locks safely (fewer usable masters than
+/// a quorum, or a server listed twice): a configuration error, so the
+/// same code as [`USAGE`].
+pub const UNUSABLE: u8 = USAGE;
 /// The command could not be started (as a shell says: not found).
 pub const NOT_FOUND: u8 = 127;
 /// The command could not be executed (as a shell says).

@@ -1,13 +1,15 @@
 //! `redlock`: hold a Redis Redlock around any command, for a fleet what
 //! `flock(1)` does for one machine; plus script-friendly acquire / release /
-//! extend, a per-node status view, and a self-contained demo.
+//! extend, a per-node status view, deployment checks, and a self-contained
+//! demo.
 //!
 //! Modules: `args` (the command line), `run` (with its `watchdog` process,
 //! its termination `schedule`, the `once` marker and the `sys` calls they
-//! need), `demo`, `status`; exit codes live in `exit`.
+//! need), `demo`, `status`, `doctor`; exit codes live in `exit`.
 
 mod args;
 mod demo;
+mod doctor;
 mod exit;
 mod once;
 mod run;
@@ -145,6 +147,7 @@ async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
             Ok(Exit(0))
         }
         Command::Status(a) => status::status(a).await,
+        Command::Doctor(a) => doctor::doctor(a).await,
         Command::Demo(a) => demo::demo(a).await,
         Command::Watchdog(_) => Err(Failure::internal(anyhow::anyhow!(
             "__watchdog runs only as the helper of `redlock run`"

@@ -1,0 +1,1072 @@
+//! Deployment checks: does a set of nodes meet Redlock's assumptions?
+//!
+//! Redlock is safe only on N independent masters that keep their keys (no
+//! eviction, no restart that forgets locks before the longest TTL has
+//! passed) and whose clocks behave; no peer checks this.
+//! [`Redlock::check`] asks every node, read-only (`TIME`, `INFO`,
+//! `CONFIG GET`, `ROLE`), and returns a [`DeploymentReport`]: per node a
+//! [`Finding`] for each [`Check`], and a [`Verdict`] for the quorum.
+//! `redlock doctor` prints it.
+//!
+//! A command the server refuses (an ACL without `CONFIG`, a renamed or
+//! disabled command) makes that finding [`Level::Unknown`], never a
+//! failure; where `INFO` carries the same fact, it is read from there
+//! instead. Each node gets a connection of its own (never the one lock
+//! requests share, and outside the concurrency limit), and everything asked
+//! of a node fits in the check timeout; nodes are asked all at once, so a
+//! check returns within about that timeout whatever the nodes do.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, FromRedisValue, RedisError, Value};
+use tokio::time::Instant;
+
+use crate::addr::NodeAddr;
+use crate::lock::Redlock;
+use crate::node::RedisNodeCtx;
+
+/// How long a check may spend on each node (connect and every command)
+/// unless configured: 1 s. A check connects afresh and makes a few round
+/// trips, more than one lock request's per-node timeout allows; a node that
+/// answers inside 1 s but slower than that timeout gets a warning instead.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A server clock further than this from the local clock is a warning: 1 s.
+/// Redlock needs clocks that run at the same rate, not the same time, but an
+/// offset this large hints that NTP is not working on one side.
+pub const CLOCK_OFFSET_WARNING: Duration = Duration::from_secs(1);
+
+/// Below this Redis version a node cannot hold locks: the Lua scripts in
+/// `lua/` need scripting (2.6) and `SET key value PX ms` (2.6.12).
+const REQUIRED_VERSION: (u32, u32, u32) = (2, 6, 12);
+
+/// Below this Redis version a node gets a warning: end of life, and no ACL
+/// users or TLS.
+const RECOMMENDED_VERSION: (u32, u32, u32) = (6, 0, 0);
+
+/// What is checked on each node, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Check {
+    /// A connection is made and the server answers as Redis, faster than
+    /// the per-node timeout.
+    Reachable,
+    /// A master, not a replica or a Sentinel; a master with replicas that a
+    /// failover could promote is a warning.
+    Role,
+    /// Not a Redis Cluster member (`cluster_enabled:1`): not supported yet.
+    Cluster,
+    /// Redis 2.6.12 or newer (the Lua scripts need it); older than 6.0 is a
+    /// warning.
+    Version,
+    /// `maxmemory-policy noeviction`; any other policy can evict a held lock.
+    Eviction,
+    /// AOF and its fsync policy, and what that means for restarts.
+    Persistence,
+    /// The server's wall clock (`TIME`) against this machine's.
+    Clock,
+    /// Not the same server (`run_id`) as another node of the set.
+    Duplicate,
+}
+
+impl Check {
+    /// Every check, in report order.
+    pub const ALL: [Check; 8] = [
+        Check::Reachable,
+        Check::Role,
+        Check::Cluster,
+        Check::Version,
+        Check::Eviction,
+        Check::Persistence,
+        Check::Clock,
+        Check::Duplicate,
+    ];
+
+    /// A short lowercase name: `reachable`, `role`, `cluster`, `version`,
+    /// `eviction`, `persistence`, `clock`, `duplicate`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Reachable => "reachable",
+            Check::Role => "role",
+            Check::Cluster => "cluster",
+            Check::Version => "version",
+            Check::Eviction => "eviction",
+            Check::Persistence => "persistence",
+            Check::Clock => "clock",
+            Check::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a finding bears on Redlock's assumptions, from fine to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Level {
+    /// The assumption holds (the detail may still state a rule to follow).
+    Ok,
+    /// Could not be checked: the command was refused (ACL), renamed or
+    /// disabled, failed, or not answered in time.
+    Unknown,
+    /// Locks work, but an assumption may break: read the detail.
+    Warning,
+    /// This node cannot take part in the lock.
+    Unusable,
+}
+
+impl Level {
+    /// `ok`, `unknown`, `warning`, `unusable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Unknown => "unknown",
+            Level::Warning => "warning",
+            Level::Unusable => "unusable",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One check's result on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Finding {
+    /// What was checked.
+    pub what: Check,
+    /// How it bears on the lock.
+    pub level: Level,
+    /// A few words for a table cell: `master`, `allkeys-lru`, `+0.2 ms`.
+    pub summary: String,
+    /// What was found and why it matters, in a sentence or two.
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(
+        what: Check,
+        level: Level,
+        summary: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Finding {
+            what,
+            level,
+            summary: summary.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn unknown(what: Check, why: impl Into<String>) -> Self {
+        Finding::new(what, Level::Unknown, "unknown", why)
+    }
+}
+
+/// What one node said.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NodeReport {
+    /// Index into the configured node list.
+    pub index: usize,
+    /// The node's address (never its password).
+    pub addr: NodeAddr,
+    /// True when the node can hold locks: reachable, a master, not a
+    /// cluster member, a recent enough version. A server listed twice is
+    /// usable here and counted once in [`DeploymentReport::usable`].
+    pub usable: bool,
+    /// Findings in [`Check::ALL`] order. An unreachable node has only
+    /// [`Check::Reachable`]; an in-memory node only that one as well.
+    pub findings: Vec<Finding>,
+    /// Round trip of the `TIME` command, when it was answered.
+    pub latency: Option<Duration>,
+    /// The server's clock minus this machine's, in microseconds (give or
+    /// take half of [`latency`](Self::latency)), when `TIME` was answered.
+    pub clock_offset_us: Option<i64>,
+    /// `redis_version` from `INFO server`, when `INFO` was answered.
+    pub version: Option<String>,
+    /// `run_id` from `INFO server`: what tells servers apart.
+    run_id: Option<String>,
+    /// True when the node was connected and answered.
+    answered: bool,
+}
+
+impl NodeReport {
+    /// The finding of one check, if it was made on this node.
+    pub fn finding(&self, what: Check) -> Option<&Finding> {
+        self.findings.iter().find(|f| f.what == what)
+    }
+
+    /// The worst level among the findings.
+    pub fn level(&self) -> Level {
+        self.findings
+            .iter()
+            .map(|f| f.level)
+            .max()
+            .unwrap_or(Level::Ok)
+    }
+}
+
+/// The overall answer: can this set of nodes hold Redlock locks safely?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Every finding is ok, and a node may fail without stopping locks.
+    Ok,
+    /// Locks work, but something needs attention: a warning, an unknown
+    /// finding (an assumption that could not be checked), an unusable or
+    /// unreachable node that the quorum can do without, or no node to spare.
+    Warnings,
+    /// No lock can be trusted: fewer usable masters than a quorum, or one
+    /// server listed twice (a quorum could sit on one process).
+    Unusable,
+}
+
+impl Verdict {
+    /// `ok`, `warnings`, `unusable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Warnings => "warnings",
+            Verdict::Unusable => "unusable",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Every node's findings and the verdict for the quorum.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeploymentReport {
+    /// One report per configured node, in order.
+    pub nodes: Vec<NodeReport>,
+    /// Nodes a lock needs: N / 2 + 1 of the configured N.
+    pub quorum: usize,
+    /// Usable nodes, a server listed twice counted once.
+    pub usable: usize,
+    /// The overall answer.
+    pub verdict: Verdict,
+    /// What decided the verdict beyond single findings: servers listed
+    /// twice, too few usable nodes, no node to spare. Node addresses are
+    /// shown as [`NodeAddr`] shows them (no passwords).
+    pub reasons: Vec<String>,
+}
+
+impl DeploymentReport {
+    /// Every finding that is not [`Level::Ok`], with its node.
+    pub fn problems(&self) -> impl Iterator<Item = (&NodeReport, &Finding)> {
+        self.nodes.iter().flat_map(|n| {
+            n.findings
+                .iter()
+                .filter(|f| f.level != Level::Ok)
+                .map(move |f| (n, f))
+        })
+    }
+}
+
+impl RedisNodeCtx {
+    /// Checks every node against Redlock's assumptions (see [`crate::check`]),
+    /// spending at most `within` on each, all nodes at once. Read-only;
+    /// never fails: what could not be learned is reported as such.
+    pub async fn check(&self, within: Duration) -> DeploymentReport {
+        let probes = self.nodes().enumerate().map(|(i, addr)| async move {
+            let reach = match self.check_client(i) {
+                None => Reach::Memory,
+                Some(client) => probe(client, within).await,
+            };
+            node_report(i, addr.clone(), reach, within, self.node_timeout())
+        });
+        let nodes = futures::future::join_all(probes).await;
+        judge(nodes)
+    }
+}
+
+impl Redlock {
+    /// Checks every node against Redlock's assumptions (see
+    /// [`crate::check`]), within [`DEFAULT_CHECK_TIMEOUT`] (1 s) per node,
+    /// all nodes at once.
+    pub async fn check(&self) -> DeploymentReport {
+        self.check_within(DEFAULT_CHECK_TIMEOUT).await
+    }
+
+    /// [`check`](Self::check) spending at most `within` on each node.
+    pub async fn check_within(&self, within: Duration) -> DeploymentReport {
+        self.nodes().check(within).await
+    }
+}
+
+/// What one probe command got.
+enum Answer<T> {
+    Got(T),
+    /// Refused by the ACL (NOPERM), or unknown: renamed or disabled.
+    NotAllowed(String),
+    /// Another error reply (`LOADING`, `BUSY`, ...).
+    Failed(String),
+    /// No Redis reply: the connection broke, or the bytes were not RESP or
+    /// not of the expected shape.
+    Broken(String),
+    /// Nothing before the check's deadline.
+    Late(String),
+    /// Not asked: another command already told.
+    NotAsked,
+}
+
+impl<T> Answer<T> {
+    fn got(&self) -> Option<&T> {
+        match self {
+            Answer::Got(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Why there is no value, for an unknown finding.
+    fn why(&self) -> Option<&str> {
+        match self {
+            Answer::NotAllowed(s) | Answer::Failed(s) | Answer::Broken(s) | Answer::Late(s) => {
+                Some(s)
+            }
+            Answer::Got(_) | Answer::NotAsked => None,
+        }
+    }
+}
+
+/// One command, answered or not before `deadline`.
+async fn ask<T: FromRedisValue>(
+    conn: &MultiplexedConnection,
+    deadline: Instant,
+    args: &[&str],
+) -> Answer<T> {
+    let shown = args.join(" ");
+    let Some((name, rest)) = args.split_first() else {
+        return Answer::Broken("no command".into());
+    };
+    let mut cmd = redis::cmd(name);
+    for a in rest {
+        cmd.arg(*a);
+    }
+    let mut conn = conn.clone();
+    match tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut conn)).await {
+        Err(_) => Answer::Late(format!("no answer to {shown} in time")),
+        Ok(Ok(v)) => Answer::Got(v),
+        Ok(Err(e)) => refusal(&shown, &e),
+    }
+}
+
+/// Sorts an error reply: a refusal (ACL, renamed or disabled command) is
+/// not a failure of the node.
+fn refusal<T>(shown: &str, e: &RedisError) -> Answer<T> {
+    let detail = e.detail().unwrap_or("");
+    match e.code() {
+        Some("NOPERM") => Answer::NotAllowed(format!("{shown} refused by the server's ACL")),
+        Some("ERR")
+            if detail.starts_with("unknown command")
+                || detail.starts_with("unknown subcommand") =>
+        {
+            Answer::NotAllowed(format!("{shown} is renamed or disabled on the server"))
+        }
+        Some(code) => Answer::Failed(format!("{shown}: {code} {detail}").trim_end().to_owned()),
+        None => Answer::Broken(format!("{shown}: {e}")),
+    }
+}
+
+/// How far a node got.
+enum Reach {
+    /// An in-memory node: nothing to ask.
+    Memory,
+    /// No connection: why.
+    Down(String),
+    /// Connected, but not even `TIME` was answered in time.
+    Silent,
+    /// Connected and answering.
+    Up(Box<Probe>),
+}
+
+/// A reachable node's answers.
+struct Probe {
+    /// Wall-clock time just before `TIME` was sent.
+    sent: SystemTime,
+    /// `TIME`'s round trip.
+    latency: Duration,
+    time: Answer<(u64, u64)>,
+    info: Answer<String>,
+    /// Asked only when `INFO` gave nothing.
+    role: Answer<Value>,
+    policy: Answer<Vec<String>>,
+    appendonly: Answer<Vec<String>>,
+    appendfsync: Answer<Vec<String>>,
+}
+
+/// Asks one node everything, within `within` overall.
+async fn probe(client: &redis::Client, within: Duration) -> Reach {
+    let now = Instant::now();
+    // A timeout too large to add means "no limit" in practice; a year will do.
+    let deadline = now
+        .checked_add(within)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(None)
+        .set_response_timeout(None);
+    let connect = client.get_multiplexed_async_connection_with_config(&config);
+    let conn = match tokio::time::timeout_at(deadline, connect).await {
+        Err(_) => return Reach::Down(format!("no connection within {}", show_duration(within))),
+        Ok(Err(e)) => return Reach::Down(format!("cannot connect: {e}")),
+        Ok(Ok(c)) => c,
+    };
+    // TIME first and alone: its round trip is the latency, and half of it
+    // bounds the error of the clock offset.
+    let sent = SystemTime::now();
+    let t0 = Instant::now();
+    let time = ask::<(u64, u64)>(&conn, deadline, &["TIME"]).await;
+    let latency = t0.elapsed();
+    match &time {
+        Answer::Late(_) => return Reach::Silent,
+        // Not a Redis server, or not one that works: nothing else to ask.
+        Answer::Broken(why) => return Reach::Down(format!("connected, but {why}")),
+        _ => {}
+    }
+    let (info, policy, appendonly, appendfsync) = futures::join!(
+        ask::<String>(&conn, deadline, &["INFO"]),
+        ask::<Vec<String>>(&conn, deadline, &["CONFIG", "GET", "maxmemory-policy"]),
+        ask::<Vec<String>>(&conn, deadline, &["CONFIG", "GET", "appendonly"]),
+        ask::<Vec<String>>(&conn, deadline, &["CONFIG", "GET", "appendfsync"]),
+    );
+    let role = match info {
+        Answer::Got(_) => Answer::NotAsked,
+        _ => ask::<Value>(&conn, deadline, &["ROLE"]).await,
+    };
+    Reach::Up(Box::new(Probe {
+        sent,
+        latency,
+        time,
+        info,
+        role,
+        policy,
+        appendonly,
+        appendfsync,
+    }))
+}
+
+/// `INFO`'s `key:value` lines.
+fn parse_info(text: &str) -> HashMap<&str, &str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect()
+}
+
+/// `CONFIG GET name`'s value: the reply is `[name, value]`, or empty when
+/// the server does not know the parameter.
+fn config_value(a: &Answer<Vec<String>>) -> Option<&str> {
+    a.got().and_then(|v| v.get(1)).map(String::as_str)
+}
+
+/// "7.0.15" as (7, 0, 15); a missing part is 0.
+fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = v.split('.').map(|p| {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = parts.next().flatten()?;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// Why a fact is unknown, from every answer that could have told it.
+fn because(reasons: &[Option<&str>]) -> String {
+    let known: Vec<&str> = reasons.iter().flatten().copied().collect();
+    if known.is_empty() {
+        "not reported by the server".into()
+    } else {
+        format!("could not check: {}", known.join("; "))
+    }
+}
+
+fn show_duration(d: Duration) -> String {
+    if d < Duration::from_millis(10) {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    } else if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// A signed offset in microseconds, short: `+0.3 ms`, `-12 ms`, `+1.52 s`.
+fn show_offset(us: i64) -> String {
+    let abs = us.unsigned_abs();
+    // Below 50 µs it shows as 0.0: no sign worth showing.
+    let sign = if us < 0 && abs >= 50 { '-' } else { '+' };
+    if abs < 10_000 {
+        format!("{sign}{:.1} ms", abs as f64 / 1e3)
+    } else if abs < 1_000_000 {
+        format!("{sign}{} ms", abs / 1000)
+    } else {
+        format!("{sign}{:.2} s", abs as f64 / 1e6)
+    }
+}
+
+const NO_AOF: &str = "no AOF: a node that restarts comes back without the locks it held \
+     (an RDB snapshot, if any, misses recent ones). It must not rejoin before the longest lock \
+     TTL has passed since it stopped, or a second client can take a lock that is still held. \
+     appendonly yes with appendfsync always lifts this rule";
+const AOF_ALWAYS: &str = "AOF with appendfsync always: each lock is on disk before the node \
+     answers, so a restarted node still has its locks";
+const AOF_EVERYSEC: &str = "AOF with appendfsync everysec: a restarted process keeps its locks, \
+     but a machine crash (power, kernel) can lose the last second or so of them. After one, \
+     the node must not rejoin before the longest lock TTL has passed";
+const AOF_NO: &str = "AOF without fsync (appendfsync no: the OS writes it out, about every 30 s \
+     on Linux): a restarted process keeps its locks, but a machine crash can lose the last \
+     half minute of them. After one, the node must not rejoin before the longest lock TTL has \
+     passed";
+
+/// Findings of one node, all but [`Check::Duplicate`] (which needs every node).
+fn node_report(
+    index: usize,
+    addr: NodeAddr,
+    reach: Reach,
+    within: Duration,
+    node_timeout: Duration,
+) -> NodeReport {
+    let mut report = NodeReport {
+        index,
+        addr,
+        usable: false,
+        findings: Vec::new(),
+        latency: None,
+        clock_offset_us: None,
+        version: None,
+        run_id: None,
+        answered: false,
+    };
+    let p = match reach {
+        Reach::Memory => {
+            report.usable = true;
+            report.findings.push(Finding::new(
+                Check::Reachable,
+                Level::Warning,
+                "in-memory",
+                "in-memory: not a Redis server; its locks exclude only within this process",
+            ));
+            return report;
+        }
+        Reach::Down(why) => {
+            report
+                .findings
+                .push(Finding::new(Check::Reachable, Level::Unusable, "no", why));
+            return report;
+        }
+        Reach::Silent => {
+            report.findings.push(Finding::new(
+                Check::Reachable,
+                Level::Unusable,
+                "no answer",
+                format!(
+                    "connected, but no answer within {} (a paused or overloaded server?)",
+                    show_duration(within)
+                ),
+            ));
+            return report;
+        }
+        Reach::Up(p) => p,
+    };
+    report.answered = true;
+    report.latency = Some(p.latency);
+    let f = &mut report.findings;
+
+    // Reachable, and fast enough for the lock's per-node timeout.
+    let rtt = show_duration(p.latency);
+    f.push(if p.latency > node_timeout {
+        Finding::new(
+            Check::Reachable,
+            Level::Warning,
+            format!("slow {rtt}"),
+            format!(
+                "answered in {rtt}, more than the per-node timeout ({}): lock requests to it \
+                 would time out and count as failed",
+                show_duration(node_timeout)
+            ),
+        )
+    } else {
+        Finding::new(
+            Check::Reachable,
+            Level::Ok,
+            rtt.clone(),
+            format!("answered in {rtt}"),
+        )
+    });
+
+    let info = p.info.got().map(|t| parse_info(t));
+    let field = |k: &str| info.as_ref().and_then(|m| m.get(k).copied());
+
+    // Role.
+    f.push(role_finding(&p, &field));
+
+    // Cluster mode.
+    f.push(match (field("cluster_enabled"), &info) {
+        (Some("1"), _) => Finding::new(
+            Check::Cluster,
+            Level::Unusable,
+            "enabled",
+            "cluster mode is on (cluster_enabled:1): a Redis Cluster member answers keys of \
+             other slots with MOVED and fails over to replicas; Redlock needs independent \
+             standalone masters, and cluster members are not supported yet",
+        ),
+        (_, Some(_)) => Finding::new(Check::Cluster, Level::Ok, "off", "not in cluster mode"),
+        (_, None) => Finding::unknown(Check::Cluster, because(&[p.info.why()])),
+    });
+
+    // Version.
+    report.version = field("redis_version").map(str::to_owned);
+    f.push(match field("redis_version") {
+        None => Finding::unknown(Check::Version, because(&[p.info.why()])),
+        Some(v) => match parse_version(v) {
+            None => Finding::unknown(Check::Version, format!("redis_version {v:?} not understood")),
+            Some(n) if n < REQUIRED_VERSION => Finding::new(
+                Check::Version,
+                Level::Unusable,
+                v,
+                format!(
+                    "Redis {v}: the lock's Lua scripts need SET with PX (Redis 2.6.12)"
+                ),
+            ),
+            Some(n) if n < RECOMMENDED_VERSION => Finding::new(
+                Check::Version,
+                Level::Warning,
+                v,
+                format!("Redis {v} is older than 6.0: end of life (no security fixes), no ACL users, no TLS"),
+            ),
+            Some(_) => Finding::new(Check::Version, Level::Ok, v, format!("Redis {v}")),
+        },
+    });
+
+    // Eviction: CONFIG GET, else INFO memory.
+    let policy = config_value(&p.policy).or_else(|| field("maxmemory_policy"));
+    f.push(match policy {
+        None => Finding::unknown(Check::Eviction, because(&[p.policy.why(), p.info.why()])),
+        Some("noeviction") => Finding::new(
+            Check::Eviction,
+            Level::Ok,
+            "noeviction",
+            "maxmemory-policy noeviction: a held lock key is never evicted",
+        ),
+        Some(other) => {
+            let limit = match field("maxmemory") {
+                Some("0") => " (maxmemory is 0 now, so nothing is evicted until a limit is set)",
+                _ => "",
+            };
+            Finding::new(
+                Check::Eviction,
+                Level::Warning,
+                other,
+                format!(
+                    "maxmemory-policy {other}: when memory reaches maxmemory, Redis may evict a \
+                     held lock key (volatile-* policies choose among keys with a TTL, which \
+                     every lock key has), and another client can then take the lock while it is \
+                     held{limit}. Set it to noeviction: a full node then refuses new locks (OOM) \
+                     instead of dropping held ones"
+                ),
+            )
+        }
+    });
+
+    // Persistence: CONFIG GET, else INFO persistence for whether AOF is on.
+    let aof = match config_value(&p.appendonly) {
+        Some(v) => Some(v.eq_ignore_ascii_case("yes")),
+        None => field("aof_enabled").map(|v| v == "1"),
+    };
+    let fsync = config_value(&p.appendfsync);
+    f.push(match (aof, fsync) {
+        (Some(false), _) => Finding::new(Check::Persistence, Level::Ok, "none", NO_AOF),
+        (Some(true), Some("always")) => {
+            Finding::new(Check::Persistence, Level::Ok, "aof always", AOF_ALWAYS)
+        }
+        (Some(true), Some("everysec")) => {
+            Finding::new(Check::Persistence, Level::Ok, "aof everysec", AOF_EVERYSEC)
+        }
+        (Some(true), Some("no")) => Finding::new(Check::Persistence, Level::Ok, "aof no", AOF_NO),
+        (Some(true), _) => Finding::unknown(
+            Check::Persistence,
+            format!(
+                "AOF is on, but its fsync policy is unknown ({})",
+                because(&[p.appendfsync.why()])
+            ),
+        ),
+        (None, _) => Finding::unknown(
+            Check::Persistence,
+            because(&[p.appendonly.why(), p.info.why()]),
+        ),
+    });
+
+    // Clock: TIME against the local clock at the middle of the round trip.
+    let local_us = p
+        .sent
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i128)
+        + p.latency.as_micros() as i128 / 2;
+    f.push(match p.time.got() {
+        None => Finding::unknown(Check::Clock, because(&[p.time.why()])),
+        Some(&(secs, micros)) => {
+            let server_us = secs as i128 * 1_000_000 + micros as i128;
+            let offset = i64::try_from(server_us - local_us).unwrap_or(i64::MAX);
+            report.clock_offset_us = Some(offset);
+            let uncertainty = p.latency.as_micros() as i128 / 2;
+            let shown = show_offset(offset);
+            let side = if offset < 0 { "behind" } else { "ahead of" };
+            if (offset.unsigned_abs() as i128) - uncertainty
+                > CLOCK_OFFSET_WARNING.as_micros() as i128
+            {
+                Finding::new(
+                    Check::Clock,
+                    Level::Warning,
+                    shown.clone(),
+                    format!(
+                        "the server's clock is {shown} {side} this machine's: Redis expires keys \
+                         on its own wall clock. Redlock needs clocks that run at the same rate, \
+                         not the same time, but an offset over {} hints that NTP is not working \
+                         on one side, and a clock set right later jumps (a jump forward expires \
+                         locks early)",
+                        show_duration(CLOCK_OFFSET_WARNING)
+                    ),
+                )
+            } else {
+                Finding::new(
+                    Check::Clock,
+                    Level::Ok,
+                    shown.clone(),
+                    format!(
+                        "the server's clock is {shown} {side} this machine's (give or take {})",
+                        show_duration(p.latency / 2)
+                    ),
+                )
+            }
+        }
+    });
+
+    report.run_id = field("run_id").filter(|r| !r.is_empty()).map(str::to_owned);
+    report.usable = report.findings.iter().all(|f| f.level != Level::Unusable);
+    report
+}
+
+/// The role finding: `INFO replication`, else `ROLE`.
+fn role_finding<'a>(p: &Probe, field: &impl Fn(&str) -> Option<&'a str>) -> Finding {
+    let replica = |master: String| {
+        Finding::new(
+            Check::Role,
+            Level::Unusable,
+            "replica",
+            format!(
+                "a replica of {master}: it refuses the lock's writes (READONLY), or with \
+                 replica-read-only off has them overwritten by its master; list independent \
+                 masters only"
+            ),
+        )
+    };
+    let master = |replicas: usize| {
+        if replicas == 0 {
+            Finding::new(
+                Check::Role,
+                Level::Ok,
+                "master",
+                "a master without replicas",
+            )
+        } else {
+            Finding::new(
+                Check::Role,
+                Level::Warning,
+                format!(
+                    "master, {replicas} replica{}",
+                    if replicas == 1 { "" } else { "s" }
+                ),
+                format!(
+                    "a master with {replicas} connected replica(s): replication is asynchronous, \
+                     so if a failover promotes a replica, locks it had not received yet are gone, \
+                     as after a restart without persistence; Redlock wants independent masters \
+                     without failover"
+                ),
+            )
+        }
+    };
+    let sentinel = || {
+        Finding::new(
+            Check::Role,
+            Level::Unusable,
+            "sentinel",
+            "a Redis Sentinel, not a data node: it cannot hold locks",
+        )
+    };
+    if p.info.got().is_some() {
+        if field("redis_mode") == Some("sentinel") {
+            return sentinel();
+        }
+        return match field("role") {
+            Some("master") => master(
+                field("connected_slaves")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+            ),
+            Some("slave") | Some("replica") => replica(format!(
+                "{}:{}",
+                field("master_host").unwrap_or("?"),
+                field("master_port").unwrap_or("?")
+            )),
+            Some(other) => Finding::unknown(Check::Role, format!("INFO says role:{other}")),
+            None => Finding::unknown(Check::Role, "INFO has no role field"),
+        };
+    }
+    // ROLE: ["master", offset, [replicas]] or ["slave", host, port, ...].
+    let Some(Value::Array(items)) = p.role.got() else {
+        return Finding::unknown(Check::Role, because(&[p.info.why(), p.role.why()]));
+    };
+    let text = |i: usize| match items.get(i) {
+        Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        Some(Value::SimpleString(s)) => Some(s.clone()),
+        Some(Value::Int(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    match text(0).as_deref() {
+        Some("master") => master(match items.get(2) {
+            Some(Value::Array(r)) => r.len(),
+            _ => 0,
+        }),
+        Some("slave") | Some("replica") => replica(format!(
+            "{}:{}",
+            text(1).unwrap_or_else(|| "?".into()),
+            text(2).unwrap_or_else(|| "?".into())
+        )),
+        Some("sentinel") => sentinel(),
+        _ => Finding::unknown(Check::Role, "ROLE's reply not understood"),
+    }
+}
+
+/// Adds the duplicate findings and decides the verdict.
+fn judge(mut nodes: Vec<NodeReport>) -> DeploymentReport {
+    let n = nodes.len();
+    let quorum = n / 2 + 1;
+    let mut reasons = Vec::new();
+
+    // Servers listed more than once, by run_id.
+    let mut by_run: HashMap<String, Vec<usize>> = HashMap::new();
+    for node in &nodes {
+        if let Some(id) = &node.run_id {
+            by_run.entry(id.clone()).or_default().push(node.index);
+        }
+    }
+    let mut duplicated = false;
+    let mut groups: Vec<&Vec<usize>> = by_run.values().filter(|g| g.len() > 1).collect();
+    groups.sort();
+    for group in &groups {
+        duplicated = true;
+        let names: Vec<String> = group.iter().map(|&i| nodes[i].addr.to_string()).collect();
+        let id = group
+            .first()
+            .and_then(|&i| nodes[i].run_id.as_deref())
+            .unwrap_or("");
+        reasons.push(format!(
+            "{} are the same server (run_id {}…): a quorum could sit on one process",
+            names.join(" and "),
+            short_id(id)
+        ));
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    for node in nodes.iter_mut().filter(|n| n.answered) {
+        let finding = match &node.run_id {
+            None => Finding::unknown(
+                Check::Duplicate,
+                "no run_id (INFO refused or not answered): cannot tell whether this server is \
+                 listed twice",
+            ),
+            Some(id) => {
+                let others: Vec<String> = by_run
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|&&i| i != node.index)
+                    .map(|&i| addrs[i].clone())
+                    .collect();
+                if others.is_empty() {
+                    Finding::new(
+                        Check::Duplicate,
+                        Level::Ok,
+                        "unique",
+                        format!("run_id {}… is not shared with any other node", short_id(id)),
+                    )
+                } else {
+                    Finding::new(
+                        Check::Duplicate,
+                        Level::Unusable,
+                        format!("= {}", others.join(", ")),
+                        format!(
+                            "the same server (run_id {}…) as {}: a quorum could sit on one \
+                             process, and one crash or restart could lose a lock on several nodes \
+                             at once; list each server once",
+                            short_id(id),
+                            others.join(" and ")
+                        ),
+                    )
+                }
+            }
+        };
+        node.findings.push(finding);
+    }
+
+    // Usable nodes, a server listed twice counted once.
+    let mut seen: Vec<&str> = Vec::new();
+    let mut usable = 0;
+    for node in nodes.iter().filter(|n| n.usable) {
+        match node.run_id.as_deref() {
+            Some(id) if seen.contains(&id) => {}
+            Some(id) => {
+                seen.push(id);
+                usable += 1;
+            }
+            None => usable += 1,
+        }
+    }
+    if usable < quorum {
+        reasons.push(format!(
+            "only {usable} of {n} nodes usable: a lock needs a quorum of {quorum}"
+        ));
+    } else if usable == quorum && !duplicated {
+        reasons.push(format!(
+            "{usable} of {n} nodes usable, quorum {quorum}: one more failed node stops every lock"
+        ));
+    }
+    let verdict = if duplicated || usable < quorum {
+        Verdict::Unusable
+    } else if !reasons.is_empty() || nodes.iter().any(|n| n.level() != Level::Ok) {
+        Verdict::Warnings
+    } else {
+        Verdict::Ok
+    };
+    DeploymentReport {
+        nodes,
+        quorum,
+        usable,
+        verdict,
+        reasons,
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> NodeAddr {
+        NodeAddr::parse(&format!("redis://127.0.0.1:{port}")).unwrap()
+    }
+
+    fn down(i: usize) -> NodeReport {
+        node_report(
+            i,
+            addr(7000 + i as u16),
+            Reach::Down("cannot connect: refused".into()),
+            DEFAULT_CHECK_TIMEOUT,
+            Duration::from_millis(50),
+        )
+    }
+
+    fn memory(i: usize) -> NodeReport {
+        node_report(
+            i,
+            addr(7000 + i as u16),
+            Reach::Memory,
+            DEFAULT_CHECK_TIMEOUT,
+            Duration::from_millis(50),
+        )
+    }
+
+    /// Versions compare by number, with suffixes and missing parts tolerated.
+    /// Control: parsing whole parts made "7.2.4-rc1" 7.2.0.
+    #[test]
+    fn versions_parse_and_compare() {
+        assert_eq!(parse_version("7.0.15"), Some((7, 0, 15)));
+        assert_eq!(parse_version("2.6.11"), Some((2, 6, 11)));
+        assert_eq!(parse_version("7.2.4-rc1"), Some((7, 2, 4)));
+        assert_eq!(parse_version("6"), Some((6, 0, 0)));
+        assert_eq!(parse_version("x"), None);
+        assert!(parse_version("2.6.11").unwrap() < REQUIRED_VERSION);
+        assert!(parse_version("2.6.12").unwrap() >= REQUIRED_VERSION);
+        assert!(parse_version("5.0.14").unwrap() < RECOMMENDED_VERSION);
+    }
+
+    /// INFO's sections and comments are skipped; values keep their colons.
+    /// Control: splitting at the last colon lost `master_host:::1`.
+    #[test]
+    fn info_lines_parse() {
+        let m = parse_info(
+            "# Server\r\nredis_version:7.0.15\r\n\r\n# Replication\r\nrole:slave\r\nmaster_host:::1\r\n",
+        );
+        assert_eq!(m.get("redis_version"), Some(&"7.0.15"));
+        assert_eq!(m.get("role"), Some(&"slave"));
+        assert_eq!(m.get("master_host"), Some(&"::1"));
+    }
+
+    /// Offsets and durations read as short amounts, signed where it matters.
+    /// Control: always signing showed 20 µs behind as "-0.0 ms".
+    #[test]
+    fn offsets_show_sign_and_unit() {
+        assert_eq!(show_offset(300), "+0.3 ms");
+        assert_eq!(show_offset(-12_400), "-12 ms");
+        assert_eq!(show_offset(1_520_000), "+1.52 s");
+        assert_eq!(show_offset(-20), "+0.0 ms");
+        assert_eq!(show_duration(Duration::from_secs(1)), "1 s");
+        assert_eq!(show_duration(Duration::from_millis(50)), "50 ms");
+    }
+
+    /// One node down of 3 leaves a quorum with nothing to spare (warnings);
+    /// two down leave no quorum (unusable). Control: without the no-spare
+    /// reason, the first case gave no reason at all.
+    #[test]
+    fn verdict_follows_the_quorum() {
+        let r = judge(vec![down(0), memory(1), memory(2)]);
+        assert_eq!((r.verdict, r.usable, r.quorum), (Verdict::Warnings, 2, 2));
+        assert_eq!(
+            r.reasons,
+            ["2 of 3 nodes usable, quorum 2: one more failed node stops every lock"]
+        );
+        let r = judge(vec![down(0), down(1), memory(2)]);
+        assert_eq!((r.verdict, r.usable), (Verdict::Unusable, 1));
+        assert_eq!(
+            r.reasons,
+            ["only 1 of 3 nodes usable: a lock needs a quorum of 2"]
+        );
+    }
+
+    /// In-memory nodes are usable, but say they are not Redis servers.
+    /// Control: probing them as Redis servers found 0 usable.
+    #[tokio::test]
+    async fn in_memory_nodes_say_what_they_are() {
+        let ctx = RedisNodeCtx::builder().in_memory(3).build().unwrap();
+        let r = ctx.check(Duration::from_millis(100)).await;
+        assert_eq!((r.verdict, r.usable), (Verdict::Warnings, 3));
+        for n in &r.nodes {
+            assert_eq!(n.findings.len(), 1);
+            let f = n.finding(Check::Reachable).unwrap();
+            assert_eq!((f.level, f.summary.as_str()), (Level::Warning, "in-memory"));
+            assert!(f.detail.contains("not a Redis server"));
+        }
+    }
+}
