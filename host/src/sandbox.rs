@@ -74,20 +74,47 @@ impl WasiView for HostState {
     }
 }
 
-/// A monotonic clock with one epoch for the whole process, so a lock's
-/// `expires-at` means the same in every store (wasmtime's default clock
-/// starts at zero in each store).
 /// A `wasi:clocks/monotonic-clock` shared by every instance in the process:
-/// nanoseconds since the first use. wasmtime-wasi's default clock starts at
-/// zero per context, so instants (a lock's `expires-at`) from two stores
-/// would not compare; embedders that run several instances want this one
-/// (`WasiCtxBuilder::monotonic_clock(ProcessClock)`).
+/// nanoseconds since the first use, on a clock that keeps counting while
+/// the machine is suspended (`CLOCK_BOOTTIME` on Linux), as Redis's
+/// wall-clock expiry does. wasmtime-wasi's default clock starts at zero per
+/// context and stops during suspend, so instants (a lock's `expires-at`)
+/// from two stores would not compare, and a lock would look valid after a
+/// suspend that outlasted it. Embedders that run several instances want
+/// this one (`WasiCtxBuilder::monotonic_clock(ProcessClock)`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessClock;
 
-fn process_epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// Nanoseconds on the suspend-aware clock since an arbitrary origin.
+pub(crate) fn boot_ns() -> u64 {
+    #[cfg(target_os = "linux")]
+    const CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
+    // Elsewhere CLOCK_MONOTONIC (which on macOS already counts sleep).
+    #[cfg(not(target_os = "linux"))]
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec we pass; it cannot
+    // fail for this clock id.
+    unsafe { libc::clock_gettime(CLOCK, &mut ts) };
+    let ns = (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64);
+    #[cfg(test)]
+    let ns = ns + SUSPENDED_NS.load(Ordering::SeqCst);
+    ns
+}
+
+/// Time the unit tests pretend the machine spent suspended: the boot clock
+/// moved, the monotonic clock (and `Instant`) did not.
+#[cfg(test)]
+pub(crate) static SUSPENDED_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn process_epoch() -> u64 {
+    static EPOCH: OnceLock<u64> = OnceLock::new();
+    *EPOCH.get_or_init(boot_ns)
 }
 
 impl HostMonotonicClock for ProcessClock {
@@ -96,18 +123,38 @@ impl HostMonotonicClock for ProcessClock {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(process_epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
+        now_ns()
     }
 }
 
-/// Converts a guest monotonic instant back to an [`Instant`].
-pub(crate) fn instant_from_guest(ns: u64) -> Instant {
-    process_epoch() + Duration::from_nanos(ns)
+/// Now, as the guest sees it.
+pub(crate) fn now_ns() -> u64 {
+    boot_ns().saturating_sub(process_epoch())
 }
 
-/// Converts an [`Instant`] to a guest monotonic instant.
+/// A guest instant as an [`Instant`], seen from now: after a suspend the
+/// result has moved closer, as the guest's instant has.
+pub(crate) fn instant_from_guest(ns: u64) -> Instant {
+    let now = now_ns();
+    let instant = Instant::now();
+    if ns >= now {
+        instant + Duration::from_nanos(ns - now)
+    } else {
+        instant
+            .checked_sub(Duration::from_nanos(now - ns))
+            .unwrap_or(instant)
+    }
+}
+
+/// An [`Instant`] as a guest instant.
 pub(crate) fn guest_from_instant(at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(process_epoch()).as_nanos()).unwrap_or(u64::MAX)
+    let (now, instant) = (now_ns(), Instant::now());
+    match at.checked_duration_since(instant) {
+        Some(ahead) => now.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX)),
+        None => now.saturating_sub(
+            u64::try_from(instant.duration_since(at).as_nanos()).unwrap_or(u64::MAX),
+        ),
+    }
 }
 
 impl Runtime {

@@ -1,5 +1,5 @@
-//! Sending a signal to a process by pid: the one place this crate needs
-//! `unsafe`.
+//! Sending a signal to a process by pid (with `sandbox::boot_ns`, one of
+//! the two places this crate needs `unsafe`).
 
 use std::io;
 

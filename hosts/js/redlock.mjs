@@ -76,6 +76,22 @@ export function acquire(key, { ttlMs, retryCount, retryDelayMs, retryJitterMs } 
   return call(() => core.acquire(key, options, u64('budgetMs', budgetMs)));
 }
 
+/**
+ * Now on the component's monotonic clock, in nanoseconds (BigInt): the time
+ * base of a lock's `expiresAt`. Under Node.js that clock is
+ * `process.hrtime.bigint()` (CLOCK_MONOTONIC on Linux, which does not count
+ * time the machine spends suspended: after a suspend, treat held locks as
+ * lost).
+ */
+export function now() {
+  return process.hrtime.bigint();
+}
+
+/** True while `lock` has validity left (`now() < lock.expiresAt`). */
+export function isValid(lock) {
+  return now() < lock.expiresAt;
+}
+
 /** Releases `lock` (deletes the key where it still holds the token). */
 export function release(lock, budgetMs) {
   return call(() => core.release(lock, u64('budgetMs', budgetMs)));

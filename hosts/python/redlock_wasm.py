@@ -10,7 +10,7 @@ allowed) and converts values.
     locks = Redlock(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
     lock = locks.acquire("nightly-report", ttl_ms=30_000, budget_ms=2_000)
     try:
-        ...  # the critical section; check lock.expires_at against locks.now()
+        ...  # the critical section; check locks.is_valid(lock) before each write
     finally:
         locks.release(lock)
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -39,7 +40,9 @@ DEFAULT_WASM = Path(__file__).resolve().parents[2] / "target/components/redlock-
 
 @dataclass(frozen=True)
 class Lock:
-    """A held lock. `expires_at` is on the component's monotonic clock (ns)."""
+    """A held lock. `expires_at` is in nanoseconds on the component's monotonic
+    clock, whose zero is when its `Redlock` was created: compare it with
+    `Redlock.now()`, or call `Redlock.is_valid(lock)`."""
 
     key: str
     token: str
@@ -93,6 +96,9 @@ class Redlock:
         linker = Linker(engine)
         linker.add_wasip2()
         self._store = Store(engine)
+        # The component's monotonic clock starts at zero when its WASI context
+        # is made, just after this reading: `now()` is never behind it.
+        self._epoch_ns = time.monotonic_ns()
         wasi = WasiConfig()
         wasi.env = [("REDLOCK_NODES", urls)]
         # The component opens TCP connections to the nodes: grant the network
@@ -108,6 +114,18 @@ class Redlock:
             return instance.get_func(self._store, instance.get_export_index(self._store, name, iface))
 
         self._acquire, self._release, self._extend = func("acquire"), func("release"), func("extend")
+
+    def now(self) -> int:
+        """Now on the component's monotonic clock, in ns: the time base of
+        `Lock.expires_at`. Never behind the component's own reading, so a
+        comparison errs towards "expired". Like the clock it follows
+        (CLOCK_MONOTONIC on Linux), it does not count time the machine spends
+        suspended: after a suspend, treat held locks as lost."""
+        return time.monotonic_ns() - self._epoch_ns
+
+    def is_valid(self, lock: Lock) -> bool:
+        """True while `lock` has validity left."""
+        return self.now() < lock.expires_at
 
     def acquire(self, key: str, ttl_ms: int, budget_ms: Optional[int], *, retry_count: Optional[int] = None,
                 retry_delay_ms: Optional[int] = None, retry_jitter_ms: Optional[int] = None) -> Lock:

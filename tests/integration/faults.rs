@@ -214,8 +214,7 @@ async fn dropped_acquire_leaves_at_most_expiring_keys() {
     c.nodes[2].pause().unwrap();
     let ttl = Duration::from_millis(700);
     let opts = AcquireOptions::new().ttl(ttl);
-    let call = r.acquire_with(&k, Duration::from_secs(3), opts);
-    tokio::pin!(call);
+    let mut call = Box::pin(r.acquire_with(&k, Duration::from_secs(3), opts));
     let start = Instant::now();
     loop {
         tokio::select! {
