@@ -45,6 +45,7 @@ pub enum Error {
 
 /// Node-by-node detail of a failed quorum operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QuorumFailure {
     /// Attempts made (1 for release and extend; 0 when extend found the
     /// validity already over).
@@ -59,6 +60,7 @@ pub struct QuorumFailure {
 
 /// What one node said.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NodeOutcome {
     /// Index into the configured node list.
     pub index: usize,
@@ -110,6 +112,13 @@ impl QuorumFailure {
     /// How many failed or did not reply.
     pub fn failed(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Failed(_) | Outcome::NoReply))
+    }
+
+    /// True when the operation certainly failed for good: so many nodes
+    /// refused that no quorum can hold the key for this token (refused >=
+    /// N - quorum + 1). Failures and missing replies may be transient.
+    pub fn certainly_refused(&self) -> bool {
+        self.refused() + self.quorum > self.nodes.len()
     }
 
     fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
@@ -186,5 +195,33 @@ impl fmt::Display for NodeError {
             NodeError::Redis(s) => write!(f, "redis error: {s}"),
             NodeError::Other(s) => write!(f, "error: {s}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(outcomes: &[Outcome]) -> QuorumFailure {
+        let addrs: Vec<NodeAddr> = (0..outcomes.len())
+            .map(|i| NodeAddr::parse(&format!("redis://127.0.0.1:{}", 7000 + i)).unwrap())
+            .collect();
+        QuorumFailure::describe(1, false, &addrs, outcomes.iter().cloned().enumerate())
+    }
+
+    /// A refusal is certain at N - quorum + 1 refusals: 3 of 5, 2 of 4, 2 of
+    /// 3; one fewer may still be a timeout away from a quorum. (`redlock
+    /// run` and the guard terminate on it; round one waited for a quorum of
+    /// refusals.)
+    #[test]
+    fn certainly_refused_at_n_minus_quorum_plus_one() {
+        use Outcome::{Done, NoReply, Refused};
+        let timeout = || Outcome::Failed(NodeError::Timeout);
+        assert!(failure(&[Refused, Refused, Refused, NoReply, NoReply]).certainly_refused());
+        assert!(!failure(&[Refused, Refused, Done, timeout(), NoReply]).certainly_refused());
+        assert!(failure(&[Refused, Refused, NoReply, NoReply]).certainly_refused());
+        assert!(!failure(&[Refused, Done, NoReply, NoReply]).certainly_refused());
+        assert!(failure(&[Refused, Refused, NoReply]).certainly_refused());
+        assert!(!failure(&[Refused, timeout(), NoReply]).certainly_refused());
     }
 }

@@ -392,7 +392,7 @@ fn extend_time(lock: &Lock) -> Instant {
 /// (refused >= N - quorum + 1). Timeouts may be transient.
 fn is_lost(e: &Error) -> bool {
     match e {
-        Error::LockLost(f) => f.attempts == 0 || f.refused() + f.quorum > f.nodes.len(),
+        Error::LockLost(f) => f.attempts == 0 || f.certainly_refused(),
         _ => false,
     }
 }
@@ -451,43 +451,5 @@ async fn release(r: &Redlock, lock: &Lock) {
     if let Err(e) = r.release(lock).await {
         // Not fatal: the keys expire with the TTL.
         eprintln!("redlock: {e} (the keys expire with their TTL)");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use redlock_wasm::{NodeOutcome, Outcome, QuorumFailure};
-
-    fn lost(outcomes: &[Outcome]) -> Error {
-        Error::LockLost(QuorumFailure {
-            attempts: 1,
-            deadline_passed: false,
-            quorum: outcomes.len() / 2 + 1,
-            nodes: outcomes
-                .iter()
-                .enumerate()
-                .map(|(index, outcome)| NodeOutcome {
-                    index,
-                    node: format!("n{index}"),
-                    outcome: outcome.clone(),
-                })
-                .collect(),
-        })
-    }
-
-    /// Loss is certain at N - quorum + 1 refusals: 3 of 5, 2 of 4, 2 of 3;
-    /// one fewer may still be a timeout away from a quorum.
-    #[test]
-    fn loss_is_certain_at_n_minus_quorum_plus_one_refusals() {
-        use Outcome::{Done, NoReply, Refused};
-        assert!(is_lost(&lost(&[
-            Refused, Refused, Refused, NoReply, NoReply
-        ])));
-        assert!(!is_lost(&lost(&[Refused, Refused, Done, NoReply, NoReply])));
-        assert!(is_lost(&lost(&[Refused, Refused, NoReply, NoReply])));
-        assert!(!is_lost(&lost(&[Refused, Done, NoReply, NoReply])));
-        assert!(is_lost(&lost(&[Refused, Refused, NoReply])));
-        assert!(!is_lost(&lost(&[Refused, NoReply, NoReply])));
     }
 }
