@@ -183,11 +183,42 @@ mod tests {
         assert_eq!(check_budget(Some(1)), Ok(1));
     }
 
+    /// Each retry setting is the caller's when given, else its own default
+    /// (not another field's). The defaults' values are checked against the
+    /// README by the host test `defaults::documented_defaults_are_the_code_defaults`.
     #[test]
-    fn defaults_fill_in() {
-        let r = AcquireOptions::with_ttl(1000).retry();
-        assert_eq!(r.count, DEFAULT_RETRY_COUNT);
-        assert_eq!(r.delay_ms, DEFAULT_RETRY_DELAY_MS);
-        assert_eq!(r.jitter_ms, DEFAULT_RETRY_JITTER_MS);
+    fn each_retry_setting_is_the_callers_or_its_own_default() {
+        let given = AcquireOptions {
+            ttl_ms: 1000,
+            retry_count: Some(1),
+            retry_delay_ms: Some(2),
+            retry_jitter_ms: Some(3),
+        };
+        let policy = |count, delay_ms, jitter_ms| RetryPolicy {
+            count,
+            delay_ms,
+            jitter_ms,
+        };
+        assert_eq!(given.retry(), policy(1, 2, 3));
+        let (count, delay, jitter) = (
+            DEFAULT_RETRY_COUNT,
+            DEFAULT_RETRY_DELAY_MS,
+            DEFAULT_RETRY_JITTER_MS,
+        );
+        let only = |f: fn(&mut AcquireOptions)| {
+            let mut o = AcquireOptions::with_ttl(1000);
+            f(&mut o);
+            o.retry()
+        };
+        assert_eq!(only(|_| {}), policy(count, delay, jitter));
+        assert_eq!(only(|o| o.retry_count = Some(1)), policy(1, delay, jitter));
+        assert_eq!(
+            only(|o| o.retry_delay_ms = Some(2)),
+            policy(count, 2, jitter)
+        );
+        assert_eq!(
+            only(|o| o.retry_jitter_ms = Some(3)),
+            policy(count, delay, 3)
+        );
     }
 }

@@ -6,6 +6,7 @@ mod support;
 mod basics;
 mod cli;
 mod components;
+mod defaults;
 mod doctor;
 mod faults;
 mod hostile;

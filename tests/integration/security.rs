@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use redis::TlsCertificates;
 use redlock_wasm::local::LocalNode;
 use redlock_wasm::{AcquireOptions, Error, NodeError, Outcome, Redlock};
 
+use crate::cli::{redlock, stderr};
 use crate::support::{Cluster, Inspect, eventually, free_port, key, start_node};
 
 const TTL: Duration = Duration::from_secs(10);
@@ -195,22 +197,85 @@ async fn acl_user_limited_to_the_prefix() {
     assert!(!err.to_string().contains("s3cret"));
 }
 
-/// Tokens are unique and well-formed over a large sample.
+/// Tokens are 32 lowercase hex digits, all different, and none of the 128
+/// bits is the same in all of them (no fixed or slowly counting part).
+fn assert_random_tokens(tokens: &[String]) {
+    let mut seen = HashSet::new();
+    let (mut ones, mut zeros) = (0u128, 0u128);
+    for t in tokens {
+        assert!(
+            t.len() == 32 && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "not 32 lowercase hex digits: {t:?}"
+        );
+        assert!(
+            seen.insert(t),
+            "token {t} drawn twice in {} draws",
+            tokens.len()
+        );
+        let bits = u128::from_str_radix(t, 16).unwrap();
+        ones |= bits;
+        zeros |= !bits;
+    }
+    let fixed = !(ones & zeros);
+    assert!(
+        fixed == 0,
+        "bits that never change over {} tokens: {fixed:032x}",
+        tokens.len()
+    );
+}
+
+/// Tokens drawn in one process, mostly by one reused instance, are random
+/// over a large sample.
 #[tokio::test]
 async fn tokens_are_unique_over_a_large_sample() {
     let c = Cluster::start(3);
     let r = Redlock::new(c.urls(), TTL).unwrap();
-    let mut seen = HashSet::new();
+    let mut tokens = Vec::new();
     for i in 0..2000 {
         let lock = r
             .acquire(&key(&format!("sample-{i}")), Duration::from_secs(1))
             .await
             .unwrap();
-        assert_eq!(lock.token().len(), 32);
-        assert!(lock.token().bytes().all(|b| b.is_ascii_hexdigit()));
-        assert!(seen.insert(lock.token().to_owned()), "duplicate token");
+        tokens.push(lock.token().to_owned());
         r.release(&lock).await.unwrap();
     }
+    assert_random_tokens(&tokens);
+}
+
+/// Tokens from 50 separate `redlock acquire` processes, each with a fresh
+/// core instance, are random: a token source seeded the same way in every
+/// process or instance repeats here.
+///
+/// Negative controls, run once with guest/src/component.rs's `random_u64`
+/// replaced: a per-instance xorshift with a fixed seed passed
+/// `tokens_are_unique_over_a_large_sample` but failed here (the first token
+/// drawn twice); a per-instance counter failed both (here the same token in
+/// every process, there bits that never change).
+#[test]
+fn tokens_differ_across_processes() {
+    let c = Cluster::start(3);
+    let mut tokens = Vec::new();
+    // Ten processes at a time: enough to be quick, few enough for 2 cores.
+    for batch in 0..5 {
+        let children: Vec<_> = (0..10)
+            .map(|i| {
+                let mut cmd = redlock(&c);
+                let k = key(&format!("process-{batch}-{i}"));
+                cmd.args(["acquire", "--key", &k, "--ttl", "10s", "--json"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                cmd.spawn().expect("run redlock")
+            })
+            .collect();
+        for child in children {
+            let o = child.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            tokens.push(v["token"].as_str().expect("a token").to_owned());
+        }
+    }
+    assert_random_tokens(&tokens);
 }
 
 #[derive(Clone, Default)]
