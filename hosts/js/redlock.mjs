@@ -4,6 +4,8 @@
 //
 // Nodes come from the REDLOCK_NODES environment variable, read when this
 // module is first imported: redis://host:port,redis://host:port,...
+// The per-node timeout from REDLOCK_NODE_TIMEOUT_MS (ms, default 50): a node
+// that has not answered by then counts as failed ('timeout') for that request.
 //
 // Every failure is thrown as a RedlockError (a subclass of Error) whose
 // `kind` is the WIT error case: 'deadline-needed', 'unable-to-acquire',

@@ -6,7 +6,7 @@
       N acquire + release pairs in one instance; with WITNESS_FILE, each holder
       reads the number in it, pauses 2 ms, writes it + 1 (an overlap loses one).
 
-Nodes from REDLOCK_NODES. Errors: {"error": {"type": "RedlockError", "native": true,
+Nodes from REDLOCK_NODES; the per-node timeout from REDLOCK_NODE_TIMEOUT_MS (ms, default 50). Errors: {"error": {"type": "RedlockError", "native": true,
 "kind", "message", "nodes"}} on stdout (native: it is a Python Exception), exit code 1.
 The JavaScript host's cli.mjs prints the same shapes.
 """

@@ -78,9 +78,14 @@ class RedlockError(Exception):
 
 
 class Redlock:
-    """The lock, with `nodes` (redis:// URLs) or REDLOCK_NODES from the environment."""
+    """The lock, with `nodes` (redis:// URLs) or REDLOCK_NODES from the environment.
 
-    def __init__(self, nodes: Optional[list[str]] = None, wasm: Optional[os.PathLike] = None):
+    `node_timeout_ms` is the per-node timeout (default: REDLOCK_NODE_TIMEOUT_MS from the
+    environment, else the component's 50 ms): a node that has not answered by then counts
+    as failed (`timeout`) for that request."""
+
+    def __init__(self, nodes: Optional[list[str]] = None, wasm: Optional[os.PathLike] = None,
+                 node_timeout_ms: Optional[int] = None):
         version = importlib.metadata.version("wasmtime")
         if int(version.split(".")[0]) >= 48:
             raise RuntimeError(
@@ -100,7 +105,11 @@ class Redlock:
         # is made, just after this reading: `now()` is never behind it.
         self._epoch_ns = time.monotonic_ns()
         wasi = WasiConfig()
-        wasi.env = [("REDLOCK_NODES", urls)]
+        env = [("REDLOCK_NODES", urls)]
+        timeout = str(node_timeout_ms) if node_timeout_ms is not None else os.environ.get("REDLOCK_NODE_TIMEOUT_MS")
+        if timeout is not None:
+            env.append(("REDLOCK_NODE_TIMEOUT_MS", timeout))
+        wasi.env = env
         # The component opens TCP connections to the nodes: grant the network
         # (the package has no Python wrapper for this call).
         _ffi.wasi_config_inherit_network(wasi.ptr())

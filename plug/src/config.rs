@@ -1,3 +1,5 @@
+//! The plug's environment (`wasi:cli/environment`).
+//!
 //! Node addresses: `REDLOCK_NODES`, comma-separated, the same variable and
 //! URL form as the `redlock` command-line runner:
 //! `redis://[user[:password]@]host[:port][/db]` or plain `host:port`.
@@ -10,12 +12,39 @@
 //! password must be written `%2C`, or the entry is split there). A second
 //! entry for the same host, port and database is refused the same way, so
 //! no server counts twice towards a quorum.
+//!
+//! The per-node timeout: `REDLOCK_NODE_TIMEOUT_MS`, whole milliseconds,
+//! 1 ..= 60000, default 50 (see [`crate::defaults::NODE_TIMEOUT_MS`]). A value
+//! that does not parse fails every request with the reason, rather than
+//! running with a timeout nobody chose.
 
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::defaults::{MAX_NODE_TIMEOUT_MS, NODE_TIMEOUT_MS};
+
 /// The environment variable that lists the nodes.
 pub const NODES_VAR: &str = "REDLOCK_NODES";
+
+/// The environment variable that sets the per-node timeout, in ms.
+pub const NODE_TIMEOUT_VAR: &str = "REDLOCK_NODE_TIMEOUT_MS";
+
+/// The per-node timeout in ms from the variable's value (`None` when
+/// unset; blank means unset too).
+pub fn parse_node_timeout(value: Option<&str>) -> Result<u64, String> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(NODE_TIMEOUT_MS);
+    };
+    match v.parse::<u64>() {
+        Ok(ms @ 1..=MAX_NODE_TIMEOUT_MS) => Ok(ms),
+        _ => {
+            let shown: String = v.chars().take(24).collect();
+            Err(format!(
+                "{NODE_TIMEOUT_VAR}={shown:?}: expected whole milliseconds, 1 ..= {MAX_NODE_TIMEOUT_MS}"
+            ))
+        }
+    }
+}
 
 /// Most nodes accepted; more is certainly a configuration mistake.
 pub const MAX_NODES: usize = 64;
@@ -304,6 +333,19 @@ mod tests {
             nodes[1].as_ref().unwrap_err().contains("as node 0"),
             "{nodes:?}"
         );
+    }
+
+    #[test]
+    fn node_timeout_defaults_to_50_ms_and_refuses_nonsense() {
+        assert_eq!(parse_node_timeout(None), Ok(50));
+        assert_eq!(parse_node_timeout(Some(" ")), Ok(50));
+        assert_eq!(parse_node_timeout(Some("250")), Ok(250));
+        assert_eq!(parse_node_timeout(Some(" 1 ")), Ok(1));
+        assert_eq!(parse_node_timeout(Some("60000")), Ok(60_000));
+        for bad in ["0", "-5", "1.5", "50ms", "60001", "99999999999999999999999"] {
+            let e = parse_node_timeout(Some(bad)).expect_err(bad);
+            assert!(e.starts_with("REDLOCK_NODE_TIMEOUT_MS="), "{e}");
+        }
     }
 
     #[test]
