@@ -124,9 +124,7 @@ fn integer(line: &[u8]) -> Result<i64, ParseError> {
 /// What a request expects back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
-    /// `SET NX PX`: `+OK` is done, nil is refused.
-    OkOrNil,
-    /// The compare-and-delete/extend scripts: 1 is done, 0 is refused.
+    /// The compare-and-set/delete/extend scripts: 1 is done, 0 is refused.
     OneOrZero,
     /// Connection set-up (`AUTH`, `SELECT`): `+OK`.
     Ok,
@@ -147,8 +145,7 @@ pub enum Meaning {
 pub fn interpret(expect: Expect, value: Value) -> Meaning {
     match (expect, value) {
         (_, Value::Error(e)) => Meaning::RedisError(e),
-        (Expect::OkOrNil | Expect::Ok, Value::Simple(s)) if s == "OK" => Meaning::Done,
-        (Expect::OkOrNil, Value::Nil) => Meaning::Refused,
+        (Expect::Ok, Value::Simple(s)) if s == "OK" => Meaning::Done,
         (Expect::OneOrZero, Value::Integer(1)) => Meaning::Done,
         (Expect::OneOrZero, Value::Integer(0)) => Meaning::Refused,
         (_, v) => Meaning::Unexpected(format!("unexpected reply {}", short(&v))),
@@ -282,8 +279,10 @@ mod tests {
     fn interprets_replies_per_command() {
         use Meaning::*;
         let ok = || Value::Simple("OK".into());
-        assert_eq!(interpret(Expect::OkOrNil, ok()), Done);
-        assert_eq!(interpret(Expect::OkOrNil, Value::Nil), Refused);
+        assert!(matches!(
+            interpret(Expect::OneOrZero, Value::Nil),
+            Unexpected(_)
+        ));
         assert_eq!(interpret(Expect::OneOrZero, Value::Integer(1)), Done);
         assert_eq!(interpret(Expect::OneOrZero, Value::Integer(0)), Refused);
         assert_eq!(interpret(Expect::Ok, ok()), Done);
@@ -293,7 +292,7 @@ mod tests {
         );
         assert!(matches!(interpret(Expect::OneOrZero, ok()), Unexpected(_)));
         assert!(matches!(
-            interpret(Expect::OkOrNil, Value::Integer(1)),
+            interpret(Expect::Ok, Value::Integer(1)),
             Unexpected(_)
         ));
         assert!(matches!(

@@ -1,9 +1,10 @@
 //! What the plug sends for each `redis-node` operation, what it expects
 //! back, and which commands may go out twice.
 //!
-//! The one place that knows the SET form: to change it (for example to the
-//! compare-and-set script `lua/set-if-absent.lua` that the Rust host runs),
-//! change [`set_if_absent`] and its [`Expect`].
+//! The one place that knows the SET form: the compare-and-set script
+//! `lua/set-if-absent.lua`, as the Rust host runs it (a retry that finds its
+//! own token is granted). To change it, change [`set_if_absent`] and its
+//! [`Expect`].
 //!
 //! Resending. A request on a connection that was open before it turns out
 //! dead when the server closed that connection in between (its `timeout`, a
@@ -31,6 +32,7 @@ use std::rc::Rc;
 
 use crate::resp::{self, Expect};
 
+const SET_IF_ABSENT: &str = include_str!("../../lua/set-if-absent.lua");
 const DELETE_IF_TOKEN: &str = include_str!("../../lua/delete-if-token.lua");
 const EXTEND_IF_TOKEN: &str = include_str!("../../lua/extend-if-token.lua");
 
@@ -83,18 +85,19 @@ fn command(args: &[&[u8]], expect: Expect, kind: Kind) -> Command {
     }
 }
 
-/// `SET key token NX PX ttl-ms`: `+OK` when set, nil when the key exists.
+/// The compare-and-set script, as the Rust host sends it: 1 when the key
+/// was free or already ours (set, TTL anew), 0 when anything else holds it.
 pub fn set_if_absent(key: &str, token: &str, ttl_ms: u64) -> Command {
     let ttl = ttl_ms.to_string();
     let args: [&[u8]; 6] = [
-        b"SET",
+        b"EVAL",
+        SET_IF_ABSENT.as_bytes(),
+        b"1",
         key.as_bytes(),
         token.as_bytes(),
-        b"NX",
-        b"PX",
         ttl.as_bytes(),
     ];
-    command(&args, Expect::OkOrNil, Kind::SetIfAbsent)
+    command(&args, Expect::OneOrZero, Kind::SetIfAbsent)
 }
 
 /// The compare-and-delete script: 1 when deleted, 0 when not ours.
@@ -159,10 +162,13 @@ mod tests {
 
     #[test]
     fn encodes_the_operations() {
-        assert_eq!(
-            &*set_if_absent("k", "t", 30).bytes,
-            b"*6\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nt\r\n$2\r\nNX\r\n$2\r\nPX\r\n$2\r\n30\r\n"
+        let set = set_if_absent("k", "t", 30);
+        assert!(set.bytes.starts_with(b"*6\r\n$4\r\nEVAL\r\n"));
+        assert!(
+            set.bytes
+                .ends_with(b"$1\r\n1\r\n$1\r\nk\r\n$1\r\nt\r\n$2\r\n30\r\n")
         );
+        assert_eq!(set.expect, Expect::OneOrZero);
         let del = delete_if_token("k", "t");
         assert!(del.bytes.starts_with(b"*5\r\n$4\r\nEVAL\r\n"));
         assert!(del.bytes.ends_with(b"$1\r\n1\r\n$1\r\nk\r\n$1\r\nt\r\n"));

@@ -1253,7 +1253,10 @@ impl ResetAfterSet {
                     if server.write_all(&up[..n]).await.is_err() {
                         return;
                     }
-                    let set = up[..n].windows(9).any(|w| w == b"$3\r\nSET\r\n");
+                    // The set-if-absent script (EVAL of lua/set-if-absent.lua).
+                    let set = up[..n]
+                        .windows(SET_SCRIPT_MARK.len())
+                        .any(|w| w == SET_SCRIPT_MARK);
                     if set && armed.swap(false, Ordering::SeqCst) {
                         // Let the node run it; then an RST instead of the reply.
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1290,6 +1293,9 @@ impl Drop for ResetAfterSet {
         self.task.abort();
     }
 }
+
+/// A line only the set-if-absent script has: how the proxy below tells a SET.
+const SET_SCRIPT_MARK: &[u8] = b"redis.pcall(\"GET\", KEYS[1])";
 
 /// A SET on a connection that dies after the node ran it (a proxy resets the
 /// connection instead of passing the reply on) is not sent again on a new
