@@ -19,7 +19,11 @@
 //! Map of the crate:
 //! - [`lock`]: [`Redlock`], its builder, [`Lock`], [`Deadline`]: the API,
 //!   shaped like the Go library it grew from.
+//! - [`guard`]: [`LockGuard`] ([`Redlock::acquire_guard`]): a lock extended
+//!   in the background that signals its loss before its validity ends, and
+//!   the schedule it shares with `redlock run`.
 //! - [`error`]: [`Error`] and the per-node detail of quorum failures.
+//! - [`metrics`]: the lock metrics' names and labels (the `metrics` facade).
 //! - [`check`]: deployment checks ([`Redlock::check`], `redlock doctor`):
 //!   does each node meet Redlock's assumptions, and does a quorum?
 //! - [`node`]: the `redis-node` capability (connections, per-node timeout,
@@ -36,8 +40,10 @@ pub mod addr;
 mod bindings;
 pub mod check;
 pub mod error;
+pub mod guard;
 pub mod local;
 pub mod lock;
+pub mod metrics;
 pub mod node;
 mod sandbox;
 pub mod signal;
@@ -45,6 +51,7 @@ pub mod signal;
 pub use addr::NodeAddr;
 pub use check::{Check, DeploymentReport, Finding, Level, NodeReport, Verdict};
 pub use error::{Error, NodeError, NodeOutcome, Outcome, QuorumFailure};
+pub use guard::{GuardOptions, LockGuard, Loss};
 pub use lock::{AcquireOptions, Deadline, Lock, Redlock, RedlockBuilder};
 pub use node::{KeyState, RedisNode, RedisNodeCtx, RedisNodeCtxBuilder, add_to_linker};
 pub use sandbox::{CORE_WASM, ProcessClock};

@@ -147,6 +147,11 @@ impl Lock {
         sandbox::now_ns() < self.expires_ns
     }
 
+    /// The end of validity on the lock core's clock (nanoseconds).
+    pub(crate) fn expires_ns(&self) -> u64 {
+        self.expires_ns
+    }
+
     fn from_guest(l: api::Lock) -> Self {
         Lock {
             key: l.key,
@@ -257,6 +262,10 @@ struct Shared {
     pool: InstancePool,
     defaults: AcquireOptions,
     release_budget: Duration,
+    /// The locks this manager holds, for the metrics.
+    held: crate::metrics::Held,
+    /// Releases of dropped [`LockGuard`](crate::LockGuard)s still running.
+    guard_releases: tokio_util::task::TaskTracker,
 }
 
 /// Builder-style structure used to create a [`Redlock`].
@@ -382,6 +391,8 @@ impl RedlockBuilder {
                 nodes,
                 defaults: self.defaults,
                 release_budget: self.release_budget,
+                held: crate::metrics::Held::default(),
+                guard_releases: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -497,10 +508,32 @@ impl Redlock {
     }
 
     /// Waits, at most `within`, for commands still going to slower nodes
-    /// after operations returned at quorum. Call it before a short-lived
+    /// after operations returned at quorum, and for the releases of dropped
+    /// [`LockGuard`](crate::LockGuard)s. Call it before a short-lived
     /// process exits, so every node sees the last release or extend.
     pub async fn settle(&self, within: Duration) {
-        self.inner.nodes.settle(within).await;
+        let start = Instant::now();
+        let guards = &self.inner.guard_releases;
+        guards.close();
+        let _ = tokio::time::timeout(within, guards.wait()).await;
+        guards.reopen();
+        let left = within.saturating_sub(start.elapsed());
+        self.inner.nodes.settle(left).await;
+    }
+
+    /// The TTL an acquire with `options` uses.
+    pub(crate) fn ttl_for(&self, options: &AcquireOptions) -> Option<Duration> {
+        options.ttl.or(self.inner.defaults.ttl)
+    }
+
+    /// The locks this manager holds, for the metrics.
+    pub(crate) fn held(&self) -> &crate::metrics::Held {
+        &self.inner.held
+    }
+
+    /// Where dropped guards' releases run.
+    pub(crate) fn guard_releases(&self) -> &tokio_util::task::TaskTracker {
+        &self.inner.guard_releases
     }
 
     /// Connects to every node now instead of on first use. Optional.
@@ -526,6 +559,20 @@ impl Redlock {
         deadline: impl Into<Deadline>,
         options: AcquireOptions,
     ) -> Result<Lock, Error> {
+        let started = Instant::now();
+        let call = self.acquire_in_core(key, deadline.into(), options);
+        let (result, tally) = crate::metrics::tally(call).await;
+        let n = self.inner.nodes.len();
+        crate::metrics::acquired(&self.inner.held, &result, started.elapsed(), &tally, n);
+        result
+    }
+
+    async fn acquire_in_core(
+        &self,
+        key: &str,
+        deadline: Deadline,
+        options: AcquireOptions,
+    ) -> Result<Lock, Error> {
         let o = options.or(&self.inner.defaults);
         let Some(ttl) = o.ttl else {
             return Err(Error::InvalidArgument(
@@ -538,7 +585,6 @@ impl Redlock {
             retry_delay_ms: o.retry_delay.map(ms32),
             retry_jitter_ms: o.retry_jitter.map(ms32),
         };
-        let deadline = deadline.into();
         in_core!(
             &self.inner,
             o.cancel.as_ref(),
@@ -563,11 +609,17 @@ impl Redlock {
         lock: &Lock,
         deadline: impl Into<Deadline>,
     ) -> Result<(), Error> {
+        let result = self.release_in_core(lock, deadline.into()).await;
+        self.inner.held.remove(lock, crate::metrics::End::Released);
+        result
+    }
+
+    async fn release_in_core(&self, lock: &Lock, deadline: Deadline) -> Result<(), Error> {
         let guest_lock = lock.to_guest();
         in_core!(
             &self.inner,
             None,
-            deadline.into(),
+            deadline,
             Op::Release,
             |store, core, budget| core.call_release(store, &guest_lock, budget)
         )
@@ -589,11 +641,22 @@ impl Redlock {
         ttl: Duration,
         deadline: impl Into<Deadline>,
     ) -> Result<Lock, Error> {
+        let result = self.extend_in_core(lock, ttl, deadline.into()).await;
+        crate::metrics::extended(&self.inner.held, lock, &result);
+        result
+    }
+
+    async fn extend_in_core(
+        &self,
+        lock: &Lock,
+        ttl: Duration,
+        deadline: Deadline,
+    ) -> Result<Lock, Error> {
         let guest_lock = lock.to_guest();
         in_core!(
             &self.inner,
             None,
-            deadline.into(),
+            deadline,
             Op::Extend,
             // An expired lock has no budget left but must still answer LockLost.
             |store, core, budget| core.call_extend(

@@ -459,7 +459,7 @@ impl RedisNodeCtx {
                     r => r,
                 }
             };
-            match tokio::time::timeout(inner.timeout, run).await {
+            let reply = match tokio::time::timeout(inner.timeout, run).await {
                 Ok(Ok(reply)) => reply,
                 Ok(Err(e)) => {
                     let e = classify(&e);
@@ -470,7 +470,9 @@ impl RedisNodeCtx {
                     tracing::debug!(node = %n.addr, op = cmd.name(), "node timed out");
                     Reply::Failed(NodeError::Timeout)
                 }
-            }
+            };
+            crate::metrics::node_reply(&n.addr, cmd.name(), &reply);
+            reply
         })
     }
 }
@@ -874,6 +876,7 @@ impl node::Host for RedisNode<'_> {
         ttl_ms: u64,
     ) -> wasmtime::Result<Resource<PendingReply>> {
         let key = self.ctx.prefixed(key);
+        crate::metrics::set_sent();
         self.pending(node, Command::SetIfAbsent { key, token, ttl_ms })
     }
 
