@@ -71,7 +71,7 @@ pub async fn run(root: &Path, iters: usize, cli_runs: usize) -> Result<()> {
     let wasmtime = std::env::var_os("REDLOCK_WASMTIME")
         .map(Into::into)
         .unwrap_or_else(|| root.join("target/tools/bin/wasmtime"));
-    let wasm = root.join("target/components/redlock-portable.wasm");
+    let wasm = root.join("host/core/redlock-portable.wasm");
     let mut samples = Vec::with_capacity(cli_runs);
     for i in 0..cli_runs + 1 {
         let t = Instant::now();

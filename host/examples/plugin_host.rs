@@ -1,8 +1,8 @@
 //! A sandboxed plugin host: a wasmtime embedder that runs a plugin component
 //! written against the `redlock` interface only.
 //!
-//! The build composes the example plugin (`examples/plugin/`) with the lock
-//! core into `target/components/plugin-example.wasm`; that component imports
+//! The test fixtures (`tests/fixtures`, a dev-dependency) compose the example
+//! plugin (`examples/plugin/`) with the shipped lock core; that component imports
 //! `redlock:core/redis-node` and WASI. This embedder links `redis-node` with
 //! [`redlock_wasm::add_to_linker`] (real Redis nodes) and WASI with nothing
 //! granted: no network, no files, no environment, no arguments. The plugin
@@ -21,8 +21,8 @@ use wasmtime::component::{Component, ComponentType, InstancePre, Lift, Linker, R
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// The composed plugin (plugin + lock core), built by `host/build.rs`.
-pub const PLUGIN_WASM: &[u8] = include_bytes!(env!("REDLOCK_PLUGIN_EXAMPLE_WASM"));
+/// The composed plugin (plugin + lock core), built by the test fixtures.
+pub const PLUGIN_WASM: &[u8] = redlock_fixtures::PLUGIN_EXAMPLE_WASM;
 
 /// The interface the plugin exports.
 const JOB: &str = "redlock:plugin-example/job@0.1.0";

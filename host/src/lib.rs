@@ -29,8 +29,9 @@
 //! - [`node`]: the `redis-node` capability (connections, per-node timeout,
 //!   concurrency limit, Lua scripts), reusable by any wasmtime embedder.
 //! - [`addr`]: node URLs, printable without passwords.
-//! - [`local`]: local `redis-server` processes for the demo and the tests.
-//! - [`signal`]: sending signals to processes (the CLI, the tests).
+//! - `local` (feature `local`): local `redis-server` processes and a fault
+//!   proxy, for the demo, the tests and the benchmark; not the library's API.
+//! - `signal` (feature `local`): sending signals to processes (the tests).
 //! - `sandbox`: the engine, the compiled core, warm instances and limits.
 //! - `bindings`: the one `bindgen!` of `wit/redlock.wit`.
 
@@ -41,11 +42,13 @@ mod bindings;
 pub mod check;
 pub mod error;
 pub mod guard;
+#[cfg(feature = "local")]
 pub mod local;
 pub mod lock;
 pub mod metrics;
 pub mod node;
 mod sandbox;
+#[cfg(feature = "local")]
 pub mod signal;
 
 pub use addr::NodeAddr;
@@ -54,5 +57,5 @@ pub use error::{Error, NodeError, NodeOutcome, Outcome, QuorumFailure};
 pub use guard::{GuardOptions, LockGuard, Loss};
 pub use lock::{AcquireOptions, Deadline, Lock, Redlock, RedlockBuilder};
 pub use node::{KeyState, RedisNode, RedisNodeCtx, RedisNodeCtxBuilder, add_to_linker};
-pub use sandbox::{CORE_WASM, ProcessClock};
+pub use sandbox::{CORE_WASM, PORTABLE_WASM, ProcessClock};
 pub use tokio_util::sync::CancellationToken;

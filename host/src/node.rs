@@ -40,15 +40,15 @@ pub const DEFAULT_CONCURRENCY: usize = 10;
 
 /// Compare-and-delete: deletes the key only while it holds our token. The
 /// same script file serves the wasi:sockets plug (`plug/`).
-const DELETE_IF_TOKEN: &str = include_str!("../../lua/delete-if-token.lua");
+const DELETE_IF_TOKEN: &str = include_str!("../lua/delete-if-token.lua");
 
 /// Compare-and-extend: a TTL at least the new one, only while the key holds
 /// our token.
-const EXTEND_IF_TOKEN: &str = include_str!("../../lua/extend-if-token.lua");
+const EXTEND_IF_TOKEN: &str = include_str!("../lua/extend-if-token.lua");
 
 /// Compare-and-set: set when free, or refresh when it already holds our
 /// token (a retry finding its own earlier SET counts as granted).
-const SET_IF_ABSENT: &str = include_str!("../../lua/set-if-absent.lua");
+const SET_IF_ABSENT: &str = include_str!("../lua/set-if-absent.lua");
 
 /// The state of the `redis-node` capability: node connections, the per-node
 /// timeout, the concurrency limit and the key prefix. Cheap to clone; clones

@@ -26,8 +26,16 @@ use crate::bindings::{LockCore, LockCorePre};
 use crate::error::Error;
 use crate::node::{RedisNode, RedisNodeCtx};
 
-/// The lock core, compiled to wasm32-wasip2 by the build script.
-pub const CORE_WASM: &[u8] = include_bytes!(env!("REDLOCK_CORE_WASM"));
+/// The lock core (`guest/`), compiled to a `wasm32-wasip2` component. It
+/// ships with the crate (`core/redlock-core.wasm`), rebuilt by
+/// `./scripts/build-core`; CI checks that the sources give these bytes.
+pub const CORE_WASM: &[u8] = include_bytes!("../core/redlock-core.wasm");
+
+/// The portable component: the lock core composed with the wasi:sockets
+/// `redis-node` plug (`plug/`). It imports only standard WASI 0.2 and exports
+/// `redlock:core/redlock`, for the wasmtime CLI, jco, wasmtime-py and other
+/// WASI hosts (`core/redlock-portable.wasm` in the crate).
+pub const PORTABLE_WASM: &[u8] = include_bytes!("../core/redlock-portable.wasm");
 
 /// Most instances alive at once per process (pool slots). Callers beyond it
 /// wait for a slot rather than fail.

@@ -1,7 +1,7 @@
 """redlock-wasm for Python: the portable lock component on the `wasmtime` package.
 
-The component (`target/components/redlock-portable.wasm`, built by
-`cargo build -p redlock-wasm`) is the lock core composed with the
+The component (`host/core/redlock-portable.wasm`, shipped in the repository
+and rebuilt by `./scripts/build-core`) is the lock core composed with the
 wasi:sockets `redis-node` plug: it talks to Redis itself, so this module only
 instantiates it with WASI (the node list in its environment, the network
 allowed) and converts values.
@@ -35,7 +35,7 @@ from wasmtime import Engine, Store, WasiConfig, _ffi
 from wasmtime.component import Component, Linker, Record, Variant
 
 INTERFACE = "redlock:core/redlock@0.1.0"
-DEFAULT_WASM = Path(__file__).resolve().parents[2] / "target/components/redlock-portable.wasm"
+DEFAULT_WASM = Path(__file__).resolve().parents[2] / "host/core/redlock-portable.wasm"
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class Redlock:
         path = Path(wasm) if wasm is not None else DEFAULT_WASM
         if not path.exists():
             raise FileNotFoundError(
-                f"{path} is missing: run `cargo build -p redlock-wasm` in the repository")
+                f"{path} is missing: run ./scripts/build-core in the repository")
         engine = Engine()
         linker = Linker(engine)
         linker.add_wasip2()

@@ -32,9 +32,9 @@ use std::rc::Rc;
 
 use crate::resp::{self, Expect};
 
-const SET_IF_ABSENT: &str = include_str!("../../lua/set-if-absent.lua");
-const DELETE_IF_TOKEN: &str = include_str!("../../lua/delete-if-token.lua");
-const EXTEND_IF_TOKEN: &str = include_str!("../../lua/extend-if-token.lua");
+const SET_IF_ABSENT: &str = include_str!("../../host/lua/set-if-absent.lua");
+const DELETE_IF_TOKEN: &str = include_str!("../../host/lua/delete-if-token.lua");
+const EXTEND_IF_TOKEN: &str = include_str!("../../host/lua/extend-if-token.lua");
 
 /// Which operation a command carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use redlock_wasm::{AcquireOptions, Error, NodeError, Outcome, Redlock};
 
 use crate::support::{Cluster, Inspect, key};
 
-const SET_IF_ABSENT: &str = include_str!("../../lua/set-if-absent.lua");
-const EXTEND_IF_TOKEN: &str = include_str!("../../lua/extend-if-token.lua");
-const DELETE_IF_TOKEN: &str = include_str!("../../lua/delete-if-token.lua");
+const SET_IF_ABSENT: &str = include_str!("../../host/lua/set-if-absent.lua");
+const EXTEND_IF_TOKEN: &str = include_str!("../../host/lua/extend-if-token.lua");
+const DELETE_IF_TOKEN: &str = include_str!("../../host/lua/delete-if-token.lua");
 
 fn eval(n: &impl Inspect, script: &str, key: &str, args: &[&str]) -> redis::RedisResult<i64> {
     let mut cmd = redis::cmd("EVAL");

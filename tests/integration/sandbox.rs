@@ -56,7 +56,7 @@ fn core_is_embedded() {
 }
 
 /// A core that misbehaves on purpose (tests/hostile-guest).
-pub(crate) const HOSTILE: &[u8] = include_bytes!(env!("REDLOCK_HOSTILE_CORE_WASM"));
+pub(crate) const HOSTILE: &[u8] = redlock_fixtures::HOSTILE_CORE_WASM;
 
 /// The default memory cap, as the README states it (checked against the
 /// code by `defaults::documented_defaults_are_the_code_defaults`).

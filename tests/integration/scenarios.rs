@@ -143,6 +143,8 @@ pub struct Report {
     pub late_extends: u64,
     pub late_extends_lost: u64,
     pub keys_left: i64,
+    /// Successful acquires of every client, pausers included.
+    pub granted: usize,
 }
 
 #[derive(Default)]
@@ -277,6 +279,7 @@ pub async fn scenario(
         let _ = r.nodes().inspect("drain").await;
     }
     let keys_left = env.left_by_failed_acquires(&stats.tokens.lock().unwrap());
+    let granted = stats.tokens.lock().unwrap().len();
     let mut lat = stats.latencies.lock().unwrap().clone();
     lat.sort_unstable();
     let p99 = lat
@@ -296,6 +299,7 @@ pub async fn scenario(
         late_extends: stats.late_extends.load(Ordering::SeqCst),
         late_extends_lost: stats.late_extends_lost.load(Ordering::SeqCst),
         keys_left,
+        granted,
     }
 }
 
@@ -431,7 +435,9 @@ pub fn matrix() -> Vec<(&'static str, Vec<&'static str>, Fault)> {
 fn assert_safe(r: &Report) {
     assert_eq!(r.overlaps, 0, "{}: overlapping holders: {r:?}", r.name);
     assert_eq!(r.lost_updates, 0, "{}: lost updates: {r:?}", r.name);
-    assert!(r.acquired > 0, "{}: no progress: {r:?}", r.name);
+    // Progress counts every client: in "holders pause past validity" the
+    // pausers' holds can take most of a short run.
+    assert!(r.granted > 0, "{}: no progress: {r:?}", r.name);
     assert!(
         r.max_overrun <= SLACK,
         "{}: an operation overran its deadline: {r:?}",
