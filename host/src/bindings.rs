@@ -2,7 +2,7 @@
 
 wasmtime::component::bindgen!({
     world: "lock-core",
-    path: "../wit",
+    path: "wit", // a link to the root wit/, so that the packaged crate carries it
     imports: { default: trappable },
     exports: { default: async },
     with: {

@@ -37,6 +37,11 @@
 
 #![deny(missing_docs)]
 
+// Every Rust snippet of the README compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 pub mod addr;
 mod bindings;
 pub mod check;
