@@ -25,8 +25,7 @@ use crate::schedule;
 use crate::sys::{self, Ended};
 use crate::watchdog::{self, Command, Report};
 
-/// Retry a failed extension this soon while validity lasts.
-const EXTEND_RETRY: Duration = Duration::from_millis(100);
+use redlock_wasm::guard::schedule::{EXTEND_RETRY, extend_after, loss_is_certain};
 
 /// How long to wait for the job's group to die after SIGKILL when the
 /// watchdog is gone.
@@ -309,7 +308,7 @@ impl<'a> Supervisor<'a> {
                             next_extend = Some(extend_time(&self.lock));
                             last_error = None;
                         }
-                        Err(e) if is_lost(&e) || !self.lock.is_valid() => {
+                        Err(e) if loss_is_certain(&e) || !self.lock.is_valid() => {
                             lost.get_or_insert_with(|| format!("the lock was lost: {e}"));
                             self.send(Command::Terminate).await;
                             next_extend = None;
@@ -384,17 +383,7 @@ fn unconfirmed(last: Option<&Error>) -> String {
 /// When to extend next: after a third of the validity is used, so two more
 /// tries fit before SIGTERM.
 fn extend_time(lock: &Lock) -> Instant {
-    Instant::now() + lock.validity() / 3
-}
-
-/// True when the lock is certainly gone: validity over, or so many nodes
-/// said the key is not ours that no quorum can hold it
-/// (refused >= N - quorum + 1). Timeouts may be transient.
-fn is_lost(e: &Error) -> bool {
-    match e {
-        Error::LockLost(f) => f.attempts == 0 || f.certainly_refused(),
-        _ => false,
-    }
+    Instant::now() + extend_after(lock.validity())
 }
 
 /// `Instant` on the monotonic clock to nanoseconds of `CLOCK_BOOTTIME`,

@@ -8,32 +8,17 @@
 //! took minus the drift allowance (TTL / 100 + 2 ms), so the moment of
 //! SIGKILL is before any other client can take the lock.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Time kept between SIGKILL and the end of validity: room for the
-/// watchdog's timer to fire late and for the kill to take effect on a
-/// loaded machine. Validity already allows for clock drift between nodes.
-pub const MARGIN: Duration = Duration::from_millis(100);
-
-/// Validity a lock with this TTL has at best (zero elapsed): TTL minus the
-/// drift allowance, as the lock core computes it.
-pub fn best_validity(ttl: Duration) -> Duration {
-    ttl.saturating_sub(ttl / 100 + Duration::from_millis(2))
-}
-
-/// The longest grace that still leaves the first extension (after a third
-/// of the validity) and its retries room before SIGTERM: SIGTERM never comes
-/// before half the validity has passed.
-pub fn max_grace(validity: Duration) -> Duration {
-    (validity / 2).saturating_sub(MARGIN)
-}
+// The arithmetic is the library's, shared with `LockGuard`: one schedule.
+pub use redlock_wasm::guard::schedule::{MARGIN, best_validity, deadlines, max_grace};
 
 /// The grace `run` will use for `ttl`: `grace` itself, or clamped to what
 /// the validity allows (`Ok((clamped, true))`). A TTL too short for any
 /// schedule is refused.
 pub fn plan_grace(ttl: Duration, grace: Duration) -> Result<(Duration, bool), String> {
     let validity = best_validity(ttl);
-    if validity / 2 <= MARGIN {
+    if !redlock_wasm::guard::schedule::ttl_fits(ttl) {
         return Err(format!(
             "--ttl {} is too short for run: half the lock's validity must exceed the {} ms \
              kill margin; use --ttl 250ms or more",
@@ -47,16 +32,6 @@ pub fn plan_grace(ttl: Duration, grace: Duration) -> Result<(Duration, bool), St
     } else {
         (grace, false)
     })
-}
-
-/// SIGTERM and SIGKILL times for a lock confirmed until `valid_until`
-/// with `validity` (as returned by acquire or extend).
-pub fn deadlines(valid_until: Instant, validity: Duration, grace: Duration) -> (Instant, Instant) {
-    // In the past when validity is almost over: the watchdog acts at once.
-    let kill_at = valid_until.checked_sub(MARGIN).unwrap_or(valid_until);
-    let grace = grace.min(max_grace(validity));
-    let term_at = kill_at.checked_sub(grace).unwrap_or(kill_at);
-    (term_at, kill_at)
 }
 
 /// What the watchdog must do now.
@@ -166,6 +141,7 @@ mod tests {
     /// SIGKILL a margin before validity ends, SIGTERM the grace before it.
     #[test]
     fn deadlines_are_before_validity_ends() {
+        use std::time::Instant;
         let now = Instant::now();
         let validity = Duration::from_secs(10);
         let (term, kill) = deadlines(now + validity, validity, Duration::from_secs(2));
