@@ -509,6 +509,61 @@ async fn script_host_excludes_the_rust_host(host: ScriptHost) {
     rust.release(&held).await.unwrap();
 }
 
+/// The script hosts give a lock's `expires_at` a time base: `now()` on the
+/// component's clock, behind `expires_at` by at most the validity while the
+/// lock is fresh, and `is_valid` false once the validity has passed.
+/// Negative control, run once by hand: a Python `now()` on `time.time_ns()`
+/// (the wall clock) made a fresh lock look expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_hosts_tell_validity_on_the_components_clock() {
+    let c = Cluster::start(3);
+    let nodes = c.urls().join(",");
+    for host in [ScriptHost::Python, ScriptHost::Node] {
+        host.ready();
+        let k = key(&format!("{host:?}-clock"));
+        let script = match host {
+            ScriptHost::Python => format!(
+                "import time\nfrom redlock_wasm import Redlock\n\
+                 locks = Redlock()\n\
+                 lock = locks.acquire('{k}', ttl_ms=400, budget_ms=2000)\n\
+                 left = lock.expires_at - locks.now()\n\
+                 assert locks.is_valid(lock), left\n\
+                 assert 0 < left <= lock.validity_ms * 1_000_000 + 1_000_000, (left, lock)\n\
+                 time.sleep(0.45)\n\
+                 assert not locks.is_valid(lock)\n\
+                 print('ok')\n"
+            ),
+            ScriptHost::Node => format!(
+                "const {{ acquire, now, isValid }} = await import('./redlock.mjs');\n\
+                 const lock = acquire('{k}', {{ ttlMs: 400 }}, 2000);\n\
+                 const left = lock.expiresAt - now();\n\
+                 if (!isValid(lock)) throw new Error('fresh lock invalid: ' + left);\n\
+                 if (!(left > 0n && left <= lock.validityMs * 1000000n + 1000000n)) throw new Error('left ' + left);\n\
+                 await new Promise((r) => setTimeout(r, 450));\n\
+                 if (isValid(lock)) throw new Error('still valid');\n\
+                 console.log('ok');\n"
+            ),
+        };
+        let mut cmd = tokio::process::Command::new(host.program());
+        match host {
+            ScriptHost::Python => cmd.arg("-c").arg(&script),
+            ScriptHost::Node => cmd.args(["--input-type=module", "-e"]).arg(&script),
+        };
+        let out = cmd
+            .current_dir(host.dir())
+            .env("REDLOCK_NODES", &nodes)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "ok",
+            "{host:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_host_locks_exclude_the_rust_host() {
     script_host_excludes_the_rust_host(ScriptHost::Node).await;

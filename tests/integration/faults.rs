@@ -189,6 +189,9 @@ async fn cancellation_token_stops_and_cleans_up() {
         "{:?}",
         start.elapsed()
     );
+    // The deletes it sent, landed (the cleanup waits only for nodes that had
+    // answered; never a TTL).
+    r.settle(Duration::from_secs(1)).await;
     assert_eq!(c.nodes[0].get(&k), None);
     assert_eq!(c.nodes[1].get(&k), None);
     assert_eq!(c.with_key(&k), 3, "the other client's keys are untouched");
