@@ -489,8 +489,9 @@ async fn script_host_excludes_the_rust_host(host: ScriptHost) {
     // deadline heard the live node refuse but not the dead ones, and they
     // came back as `no-reply`.)
     let k2 = format!("{k}-dead");
-    let dead = || format!("redis://127.0.0.1:{}", crate::support::free_port());
-    let nodes = [nodes[0].clone(), dead(), dead()];
+    let dead = crate::support::free_ports(2);
+    let dead = |i: usize| format!("redis://127.0.0.1:{}", dead[i]);
+    let nodes = [nodes[0].clone(), dead(0), dead(1)];
     let (code, out) = host.cli(&nodes, &["acquire", &k2, "1000", "2000"]).await;
     assert_eq!(
         (code, &out["error"]["kind"]),
@@ -1439,7 +1440,7 @@ async fn portable_component_never_resends_a_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portable_component_reports_dead_nodes_at_once() {
     let c = Cluster::start(1);
-    let dead = [crate::support::free_port(), crate::support::free_port()];
+    let dead = crate::support::free_ports(2);
     let nodes = [
         c.nodes[0].url(),
         format!("redis://127.0.0.1:{}", dead[0]),

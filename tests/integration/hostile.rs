@@ -68,7 +68,8 @@ async fn bad_node(case: &str, k: &str) -> (String, Keep) {
             (n.url(), Keep::Nodes(vec![n]))
         }
         "MOVED" => {
-            let (bus_a, bus_b) = (free_port().to_string(), free_port().to_string());
+            let bus = crate::support::free_ports(2);
+            let (bus_a, bus_b) = (bus[0].to_string(), bus[1].to_string());
             let a = LocalNode::start_with(&["--cluster-enabled", "yes", "--cluster-port", &bus_a])
                 .unwrap();
             let b = LocalNode::start_with(&["--cluster-enabled", "yes", "--cluster-port", &bus_b])

@@ -142,7 +142,7 @@ async fn secrets_stay_out_of_output() {
 /// Unreachable nodes fail the operation with connection errors naming them.
 #[tokio::test]
 async fn unreachable_nodes_are_named() {
-    let ports: Vec<u16> = (0..3).map(|_| crate::support::free_port()).collect();
+    let ports = crate::support::free_ports(3);
     let urls: Vec<String> = ports
         .iter()
         .map(|p| format!("redis://127.0.0.1:{p}"))

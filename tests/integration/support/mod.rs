@@ -19,6 +19,17 @@ pub fn free_port() -> u16 {
     try_free_port().expect("bind 127.0.0.1:0")
 }
 
+/// `n` distinct ports nobody listens on right now (calling [`free_port`]
+/// `n` times may give one port twice: each is released before the next).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// Starts one node, or fails the test saying how to install redis-server.
 pub fn start_node() -> LocalNode {
     LocalNode::start().unwrap_or_else(|e| panic!("{e}"))
