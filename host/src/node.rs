@@ -94,6 +94,9 @@ struct Node {
     /// Set when this node turned out to be the same server as an earlier
     /// one: the address of that one, for the error.
     same_as: Mutex<Option<String>>,
+    /// Shared by the context's nodes: set once any node is a duplicate, so
+    /// that every call and request checks one atomic, not N mutexes.
+    any_same: Arc<AtomicBool>,
 }
 
 /// An in-memory node's keys: value and expiry.
@@ -193,6 +196,7 @@ impl RedisNodeCtxBuilder {
         }
         let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
         let servers = Servers::default();
+        let any_same = Arc::new(AtomicBool::new(false));
         for spec in self.nodes {
             let memory = matches!(spec, NodeSpec::Memory).then(Memory::default);
             let (addr, client) = match spec {
@@ -240,6 +244,7 @@ impl RedisNodeCtxBuilder {
                 index: nodes.len(),
                 servers: servers.clone(),
                 same_as: Mutex::new(None),
+                any_same: any_same.clone(),
             });
         }
         if u32::try_from(nodes.len()).is_err() {
@@ -570,10 +575,16 @@ impl Node {
             .clone();
         let mut same_as = self.same_as.lock().unwrap_or_else(|e| e.into_inner());
         *same_as = (owner != self.index).then_some(owner_addr);
+        if same_as.is_some() {
+            self.any_same.store(true, Ordering::Release);
+        }
     }
 
     /// The address of the earlier node that is the same server, if any.
     fn same_server_as(&self) -> Option<String> {
+        if !self.any_same.load(Ordering::Acquire) {
+            return None;
+        }
         self.same_as
             .lock()
             .unwrap_or_else(|e| e.into_inner())
