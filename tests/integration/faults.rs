@@ -273,3 +273,77 @@ async fn holder_that_outlives_validity() {
     eventually("successor intact", || c.holding(&k, successor.token()) == 3).await;
     r.release(&successor).await.unwrap();
 }
+
+/// A node that stopped answering is not waited for again: once its last
+/// `SUSPECT_AFTER` requests timed out, SETs to it fail at once ("not
+/// asked") for a cooldown instead of costing every attempt the node
+/// timeout, and the first request after the cooldown that is answered in
+/// time ends the suspicion. The attempt here needs the silent node (two of
+/// the four others are held), so it would wait for it.
+/// Negative control, run once by hand: with suspicion disabled
+/// (`SUSPECT_AFTER = u32::MAX`), the silent node's outcome was a timeout.
+#[tokio::test]
+async fn a_silent_node_is_not_waited_for_again() {
+    use crate::support::proxy::{Mode, Proxy};
+    let c = Cluster::start(5);
+    let proxy = Proxy::start(c.nodes[4].port()).await.unwrap();
+    let mut urls = c.urls();
+    urls[4] = proxy.url();
+    let r = Redlock::builder()
+        .nodes(urls)
+        .ttl(TTL)
+        .node_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert!(r.connect().await.iter().all(|x| x.is_ok()));
+    // Silent, connection open: what a paused node or a partition looks like.
+    proxy.set(Mode::Hold);
+
+    // Two acquire + release pairs: four requests to the silent node time
+    // out (the pairs themselves succeed on the other four).
+    for i in 0..2 {
+        let lock = r
+            .acquire(&key(&format!("warm-{i}")), Duration::from_secs(2))
+            .await
+            .unwrap();
+        r.release(&lock).await.unwrap();
+    }
+    r.settle(Duration::from_secs(2)).await;
+
+    let k = key("needs-the-silent-node");
+    for n in &c.nodes[..2] {
+        let _: () = n.cmd(&["SET", &k, "someone-else", "PX", "10000"]).unwrap();
+    }
+    let opts = AcquireOptions::new().retry_count(0);
+    let err = r
+        .acquire_with(&k, Duration::from_secs(2), opts)
+        .await
+        .unwrap_err();
+    let Error::UnableToAcquire(f) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        matches!(&f.nodes[4].outcome, Outcome::Failed(NodeError::Other(m)) if m.contains("not asked")),
+        "the silent node was asked and waited for: {err}"
+    );
+
+    // It answers again (the held requests are delivered, in order): after
+    // the cooldown (1 s at most), it is asked and counts once more.
+    proxy.set(Mode::Pass);
+    let start = Instant::now();
+    loop {
+        let k = key("answering-again");
+        let lock = r.acquire(&k, Duration::from_secs(1)).await.unwrap();
+        r.settle(Duration::from_secs(1)).await;
+        let all = c.holding(&k, lock.token()) == 5;
+        r.release(&lock).await.unwrap();
+        if all {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the node never counted again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

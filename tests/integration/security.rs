@@ -332,7 +332,9 @@ async fn no_secret_in_logs_or_debug() {
     r.settle(Duration::from_secs(1)).await;
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(
-        logs.contains("node failed"),
+        // The refusal ends the request ("node failed") unless its timeout
+        // came first on a loaded machine; the connect logs it either way.
+        logs.contains("node failed") || logs.contains("connect failed"),
         "the failing node was logged: {logs}"
     );
     for text in [&logs, &shown] {

@@ -1,0 +1,169 @@
+//! [`RedisNodeCtxBuilder`]: the nodes, the per-node timeout, the limit and
+//! the key prefix, checked without any I/O.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::command::Scripts;
+use super::conn::{Server, Servers};
+use super::lane::{Lane, Settings, Work};
+use super::memory::Memory;
+use super::{Inner, Node, RedisNodeCtx};
+use crate::addr::NodeAddr;
+use crate::error::Error;
+
+/// Per-node command timeout unless configured. Redlock wants it much smaller
+/// than the TTL (the spec: 5-50 ms for a 10 s TTL) so one dead node costs
+/// every caller at most this much.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Unanswered requests per node and context unless configured: 10, the
+/// Go library's semaphore, counted per node.
+pub const DEFAULT_CONCURRENCY: usize = 10;
+
+/// Where a node comes from.
+enum NodeSpec {
+    Memory,
+    Url(String),
+    Client(Box<redis::Client>),
+}
+
+/// Builder-style structure used to create a [`RedisNodeCtx`].
+#[derive(Default)]
+pub struct RedisNodeCtxBuilder {
+    nodes: Vec<NodeSpec>,
+    timeout: Option<Duration>,
+    concurrency: Option<usize>,
+    prefix: String,
+}
+
+impl RedisNodeCtxBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a node by URL: `redis://[user[:password]@]host[:port][/db]`, or
+    /// `rediss://...` for TLS. Checked in [`build`](Self::build).
+    pub fn node(mut self, url: impl Into<String>) -> Self {
+        self.nodes.push(NodeSpec::Url(url.into()));
+        self
+    }
+
+    /// Adds a node from an existing `redis::Client`.
+    pub fn client(mut self, client: redis::Client) -> Self {
+        self.nodes.push(NodeSpec::Client(Box::new(client)));
+        self
+    }
+
+    /// Adds `n` in-process nodes that keep keys in memory with their TTLs.
+    /// They exclude only within this process: for measuring the lock core
+    /// and the host without Redis, and for tests of code that takes locks.
+    pub fn in_memory(mut self, n: usize) -> Self {
+        self.nodes.extend((0..n).map(|_| NodeSpec::Memory));
+        self
+    }
+
+    /// Per-node command timeout. The default is [`DEFAULT_NODE_TIMEOUT`] (50 ms).
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Maximum unanswered requests per node, over all operations sharing
+    /// this context; more wait in the node's queue, in order. The default
+    /// is [`DEFAULT_CONCURRENCY`] (10); 1 serialises each node's requests.
+    /// A request that timed out no longer counts, so a slow node's
+    /// leftovers never block its next requests for longer than the timeout.
+    pub fn concurrency(mut self, limit: usize) -> Self {
+        self.concurrency = Some(limit);
+        self
+    }
+
+    /// A prefix put in front of every key in Redis. None by default, so lock
+    /// keys interoperate with other Redlock clients that use the same names.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Checks every node (URL syntax, no duplicates, at least one) and the
+    /// limits, without any I/O. Connections are made on first use.
+    pub fn build(self) -> Result<RedisNodeCtx, Error> {
+        if self.nodes.is_empty() {
+            return Err(Error::Config("no Redis nodes given".into()));
+        }
+        let timeout = self.timeout.unwrap_or(DEFAULT_NODE_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(Error::Config("node timeout must be above zero".into()));
+        }
+        let concurrency = self.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if concurrency == 0 {
+            return Err(Error::Config(
+                "concurrency limit must be at least 1 request per node, got 0".into(),
+            ));
+        }
+        let settings = Arc::new(Settings {
+            timeout,
+            limit: concurrency,
+            scripts: Scripts::new(),
+            work: Work::default(),
+        });
+        let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
+        let servers = Servers::default();
+        let any_same = Arc::new(AtomicBool::new(false));
+        for spec in self.nodes {
+            let (addr, client) = match spec {
+                NodeSpec::Memory => {
+                    let addr = NodeAddr::parse(&format!("redis://in-memory-{}", nodes.len()))?;
+                    nodes.push(Node::Memory(Box::new(addr), Memory::default()));
+                    continue;
+                }
+                NodeSpec::Url(url) => {
+                    let addr = NodeAddr::parse(&url)?;
+                    // Skip CLIENT SETINFO: one round trip less per connect, and
+                    // an ACL user limited to the lock's commands may not run it.
+                    let info = addr.info().clone();
+                    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+                    let info = info.set_redis_settings(settings);
+                    let client = redis::Client::open(info).map_err(|e| {
+                        Error::Config(format!("node {addr}: {}", e.detail().unwrap_or("invalid")))
+                    })?;
+                    (addr, client)
+                }
+                NodeSpec::Client(client) => (
+                    NodeAddr::from_info(client.get_connection_info().clone())?,
+                    *client,
+                ),
+            };
+            // Another database of the same server is the same server.
+            if let Some(dup) = nodes
+                .iter()
+                .find(|n| n.addr().identity() == addr.identity())
+            {
+                return Err(Error::Config(format!(
+                    "node {addr} is listed twice (as {}): Redlock needs independent nodes",
+                    dup.addr()
+                )));
+            }
+            if addr.is_tls() {
+                // rustls needs one process-wide crypto provider; another part
+                // of the program may have installed one already, which is fine.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
+            let server = Server::new(addr, client, nodes.len(), servers.clone(), any_same.clone());
+            nodes.push(Node::Redis(Lane::new(server, settings.clone())));
+        }
+        if u32::try_from(nodes.len()).is_err() {
+            return Err(Error::Config("too many nodes".into()));
+        }
+        Ok(RedisNodeCtx {
+            inner: Arc::new(Inner {
+                nodes,
+                settings,
+                prefix: self.prefix,
+            }),
+        })
+    }
+}

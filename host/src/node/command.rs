@@ -1,0 +1,174 @@
+//! The three Redlock commands: their wire form (EVALSHA of a Lua script, or
+//! EVAL where the server refused to load scripts), what their replies mean,
+//! and how redis-rs errors become what the guest sees. The one place host
+//! errors are converted.
+
+use redis::{RedisError, Script, Value};
+
+use crate::bindings::node::{NodeError, Reply};
+
+/// Compare-and-delete: deletes the key only while it holds our token. The
+/// same script file serves the wasi:sockets plug (`plug/`).
+pub(super) const DELETE_IF_TOKEN: &str = include_str!("../../lua/delete-if-token.lua");
+
+/// Compare-and-extend: a TTL at least the new one, only while the key holds
+/// our token.
+pub(super) const EXTEND_IF_TOKEN: &str = include_str!("../../lua/extend-if-token.lua");
+
+/// Compare-and-set: set when free, or refresh when it already holds our
+/// token (a retry finding its own earlier SET counts as granted).
+pub(super) const SET_IF_ABSENT: &str = include_str!("../../lua/set-if-absent.lua");
+
+/// The scripts' SHA1 digests, computed once per context.
+pub(super) struct Scripts {
+    set: String,
+    delete: String,
+    extend: String,
+}
+
+impl Scripts {
+    /// The scripts' text, in the order loaded.
+    pub(super) fn texts() -> [&'static str; 3] {
+        [SET_IF_ABSENT, DELETE_IF_TOKEN, EXTEND_IF_TOKEN]
+    }
+
+    pub(super) fn new() -> Self {
+        Self {
+            set: Script::new(SET_IF_ABSENT).get_hash().to_owned(),
+            delete: Script::new(DELETE_IF_TOKEN).get_hash().to_owned(),
+            extend: Script::new(EXTEND_IF_TOKEN).get_hash().to_owned(),
+        }
+    }
+}
+
+/// One of the three Redlock operations, with the key as stored in Redis.
+pub(crate) enum Command {
+    SetIfAbsent {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    },
+    DeleteIfToken {
+        key: String,
+        token: String,
+    },
+    ExtendIfToken {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    },
+}
+
+impl Command {
+    /// Whether sending it again on a new connection is harmless: a
+    /// compare-and-delete or compare-and-extend, never a SET (it could
+    /// land after the cleanup delete that the new connection carries).
+    pub(super) fn may_resend(&self) -> bool {
+        !matches!(self, Command::SetIfAbsent { .. })
+    }
+
+    /// Whether it takes or keeps a key (a SET or an extend), as opposed to
+    /// giving one back: what a node that stopped answering is not asked.
+    pub(super) fn claims(&self) -> bool {
+        !matches!(self, Command::DeleteIfToken { .. })
+    }
+
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Command::SetIfAbsent { .. } => "set-if-absent",
+            Command::DeleteIfToken { .. } => "delete-if-token",
+            Command::ExtendIfToken { .. } => "extend-if-token",
+        }
+    }
+
+    pub(super) fn key(&self) -> &str {
+        match self {
+            Command::SetIfAbsent { key, .. }
+            | Command::DeleteIfToken { key, .. }
+            | Command::ExtendIfToken { key, .. } => key,
+        }
+    }
+
+    /// Appends the command to `pipe`: EVALSHA of its script once the
+    /// connection loaded the scripts, the script's text otherwise.
+    pub(super) fn pack(&self, pipe: &mut redis::Pipeline, scripts: &Scripts, loaded: bool) {
+        let (sha, text) = match self {
+            Command::SetIfAbsent { .. } => (&scripts.set, SET_IF_ABSENT),
+            Command::DeleteIfToken { .. } => (&scripts.delete, DELETE_IF_TOKEN),
+            Command::ExtendIfToken { .. } => (&scripts.extend, EXTEND_IF_TOKEN),
+        };
+        let cmd = if loaded {
+            pipe.cmd("EVALSHA").arg(sha.as_str())
+        } else {
+            pipe.cmd("EVAL").arg(text)
+        };
+        match self {
+            Command::SetIfAbsent { key, token, ttl_ms }
+            | Command::ExtendIfToken { key, token, ttl_ms } => {
+                cmd.arg(1).arg(key).arg(token).arg(*ttl_ms);
+            }
+            Command::DeleteIfToken { key, token } => {
+                cmd.arg(1).arg(key).arg(token);
+            }
+        }
+    }
+
+    /// What a reply means. `None` for NOSCRIPT: the server forgot the
+    /// scripts (SCRIPT FLUSH), send it again as EVAL.
+    pub(super) fn meaning(&self, value: Value) -> Option<Reply> {
+        Some(match value {
+            Value::Okay | Value::Int(1) => Reply::Done,
+            Value::SimpleString(s) if s == "OK" => Reply::Done,
+            Value::Nil | Value::Int(0) => Reply::Refused,
+            Value::ServerError(e) if e.code() == "NOSCRIPT" => return None,
+            Value::ServerError(e) => Reply::Failed(NodeError::Redis(match e.details() {
+                Some(d) => format!("{} {d}", e.code()),
+                None => e.code().to_owned(),
+            })),
+            other => Reply::Failed(NodeError::Other(format!(
+                "unexpected reply to {}: {other:?}",
+                self.name()
+            ))),
+        })
+    }
+}
+
+/// Maps a redis-rs error to what the guest sees.
+pub(super) fn classify(e: &RedisError) -> NodeError {
+    if let Some(code) = e.code() {
+        let text = match e.detail() {
+            Some(d) => format!("{code} {d}"),
+            None => code.to_owned(),
+        };
+        NodeError::Redis(text)
+    } else if e.is_timeout() {
+        NodeError::Timeout
+    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        NodeError::Connection(e.to_string())
+    } else {
+        NodeError::Other(e.to_string())
+    }
+}
+
+/// Whether the error means the connection is broken (the next request
+/// reconnects), as opposed to a server's error reply.
+pub(super) fn breaks_connection(e: &RedisError) -> bool {
+    e.is_unrecoverable_error() || e.is_io_error() || e.is_connection_dropped()
+}
+
+impl From<NodeError> for crate::error::NodeError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Timeout => Self::Timeout,
+            NodeError::Connection(s) => Self::Connection(s),
+            NodeError::Redis(s) => Self::Redis(s),
+            NodeError::Other(s) => Self::Other(s),
+        }
+    }
+}
+
+impl From<&RedisError> for crate::error::NodeError {
+    fn from(e: &RedisError) -> Self {
+        classify(e).into()
+    }
+}

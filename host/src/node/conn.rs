@@ -1,0 +1,209 @@
+//! One node's server: its address, its one multiplexed connection (made on
+//! first use, with the scripts loaded), and its identity, so that one server
+//! behind two URLs never counts twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, Value};
+
+use super::command::{DELETE_IF_TOKEN, EXTEND_IF_TOKEN, SET_IF_ABSENT, breaks_connection};
+use crate::addr::NodeAddr;
+use crate::bindings::node::{NodeError, Reply};
+
+/// Which configured node first showed each server identity (`run_id`).
+pub(super) type Servers = Arc<Mutex<HashMap<String, (usize, String)>>>;
+
+/// A connection and whether the server loaded our scripts on it (an ACL
+/// user without SCRIPT gets EVAL with the script's text instead).
+#[derive(Clone)]
+pub(super) struct Conn {
+    pub(super) conn: MultiplexedConnection,
+    pub(super) scripts_loaded: bool,
+    /// Tells this connection from a later one to the same node.
+    generation: u64,
+}
+
+pub(super) struct Server {
+    pub(super) addr: NodeAddr,
+    pub(super) client: redis::Client,
+    /// The one multiplexed connection, once made; cleared when it breaks so
+    /// the next request reconnects.
+    conn: Mutex<Option<Conn>>,
+    /// Held while connecting, so that one connection is made at a time.
+    connecting: tokio::sync::Mutex<()>,
+    /// Connections made so far.
+    made: AtomicU64,
+    /// This node's place in the configuration.
+    index: usize,
+    /// Shared by the context's nodes: the first node to show a server's
+    /// `run_id` owns it; a later node that shows the same server is refused.
+    servers: Servers,
+    /// Set when this node turned out to be the same server as an earlier
+    /// one: the address of that one, for the error.
+    same_as: Mutex<Option<String>>,
+    /// Shared by the context's nodes: set once any node is a duplicate, so
+    /// that every request checks one atomic, not N mutexes.
+    any_same: Arc<AtomicBool>,
+}
+
+impl Server {
+    pub(super) fn new(
+        addr: NodeAddr,
+        client: redis::Client,
+        index: usize,
+        servers: Servers,
+        any_same: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            addr,
+            client,
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            made: AtomicU64::new(0),
+            index,
+            servers,
+            same_as: Mutex::new(None),
+            any_same,
+        }
+    }
+
+    pub(super) fn current(&self) -> Option<Conn> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The node's connection, connecting first if there is none.
+    pub(super) async fn connection(&self, timeout: Duration) -> Result<Conn, RedisError> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let _turn = self.connecting.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(None);
+        let mut c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        // Load the scripts now, so that EVALSHA finds them. An ACL user
+        // without SCRIPT is refused here; then requests carry the scripts'
+        // text (EVAL). In the same round trip: the server's identity, so
+        // that one server behind two URLs (`localhost` and `127.0.0.1`)
+        // never counts twice.
+        let replies = redis::pipe()
+            .ignore_errors()
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SET_IF_ABSENT)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(DELETE_IF_TOKEN)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(EXTEND_IF_TOKEN)
+            .cmd("INFO")
+            .arg("server")
+            .query_async::<Vec<redis::RedisResult<Value>>>(&mut c)
+            .await?;
+        let mut scripts_loaded = replies.len() == 4;
+        for r in &replies[..3.min(replies.len())] {
+            if let Err(e) = r {
+                if breaks_connection(e) {
+                    return Err(e.clone());
+                }
+                tracing::debug!(node = %self.addr, error = %e, "SCRIPT LOAD refused");
+                scripts_loaded = false;
+            }
+        }
+        match replies.get(3) {
+            Some(Ok(info)) => self.register_server(info),
+            // An ACL user without INFO: the server cannot be told apart.
+            other => tracing::debug!(node = %self.addr, reply = ?other, "INFO server refused"),
+        }
+        let conn = Conn {
+            conn: c,
+            scripts_loaded,
+            generation: self.made.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        tracing::debug!(node = %self.addr, "connected");
+        Ok(conn)
+    }
+
+    /// Records the server's `run_id` (from `INFO server`); if an earlier
+    /// node of this context showed the same server, marks this one.
+    fn register_server(&self, info: &Value) {
+        let text = match info {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::VerbatimString { text, .. } => text.clone(),
+            _ => return,
+        };
+        let Some(run_id) = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("run_id:"))
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let (owner, owner_addr) = servers
+            .entry(run_id)
+            .or_insert_with(|| (self.index, self.addr.to_string()))
+            .clone();
+        let mut same_as = self.same_as.lock().unwrap_or_else(|e| e.into_inner());
+        *same_as = (owner != self.index).then_some(owner_addr);
+        if same_as.is_some() {
+            self.any_same.store(true, Ordering::Release);
+        }
+    }
+
+    /// The reply to every request once this node turned out to be the
+    /// same server as an earlier one.
+    pub(super) fn refusal(&self) -> Option<Reply> {
+        let earlier = self.same_server_as()?;
+        Some(Reply::Failed(NodeError::Other(format!(
+            "node {} is the same Redis server as node {earlier} (same run_id): \
+             Redlock needs independent nodes",
+            self.addr
+        ))))
+    }
+
+    /// The address of the earlier node that is the same server, if any.
+    pub(super) fn same_server_as(&self) -> Option<String> {
+        if !self.any_same.load(Ordering::Acquire) {
+            return None;
+        }
+        self.same_as
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Drops `used` after an error that means it is broken, so the next
+    /// request reconnects. A server's error reply leaves it alone.
+    pub(super) fn check<T>(&self, used: &Conn, result: &Result<T, RedisError>) {
+        if let Err(e) = result
+            && breaks_connection(e)
+        {
+            self.forget(used);
+        }
+    }
+
+    /// Drops `used`, unless a newer connection replaced it already: the
+    /// next request reconnects.
+    pub(super) fn forget(&self, used: &Conn) {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.generation == used.generation)
+        {
+            *conn = None;
+        }
+    }
+}
