@@ -271,3 +271,59 @@ async fn late_extend_and_release_are_refused_by_the_nodes() {
     }
     r.release(&successor).await.unwrap();
 }
+
+/// A cleanup delete never overtakes the SET it cleans up after, even when
+/// both wait for their node's first connection on a multi-thread runtime:
+/// every request joins its node's queue when made. Nodes 3 and 4 hold their
+/// first connect (the proxy forwards nothing) while the acquire fails on the
+/// refusals of nodes 0-2 and issues its deletes; once they connect, each
+/// runs the SET and then the delete, and no key is left.
+/// Negative control, run once by hand: with each pipeline's requests
+/// written in reverse order, nodes 3 and 4 kept the failed acquire's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanup_delete_follows_its_set_through_a_first_connect() {
+    let c = Cluster::start(5);
+    let mut urls = c.urls();
+    let mut proxies = Vec::new();
+    for i in [3, 4] {
+        let p = Proxy::start(c.nodes[i].port()).await.unwrap();
+        p.set(Mode::Hold);
+        urls[i] = p.url();
+        proxies.push(p);
+    }
+    let r = Redlock::builder()
+        .nodes(urls)
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let k = key("delete-follows-set");
+    for n in &c.nodes[..3] {
+        let _: () = n.cmd(&["SET", &k, "someone-else", "PX", "10000"]).unwrap();
+    }
+    let opts = AcquireOptions::new().retry_count(0);
+    let err = r
+        .acquire_with(&k, Duration::from_secs(5), opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnableToAcquire(_)), "{err}");
+    for p in &proxies {
+        p.set(Mode::Pass);
+    }
+    r.settle(Duration::from_secs(3)).await;
+    for n in &c.nodes[3..] {
+        let stats: String = n.cmd(&["INFO", "commandstats"]).unwrap();
+        let calls = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        assert!(calls >= 2, "the SET and its delete both ran: {stats}");
+        assert_eq!(
+            n.get(&k),
+            None,
+            "the failed acquire's SET outlived its delete"
+        );
+    }
+}
