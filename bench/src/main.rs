@@ -3,42 +3,72 @@
 //! Node.js is installed) and redlock-wasm, on 5 local `redis-server` nodes
 //! that this program starts and stops.
 //!
+//! The method: every round measures every contender once, in an order that
+//! rotates from round to round; a ratio is taken within each round, and the
+//! report gives the median of the per-round ratios with their spread (min to
+//! max), never a ratio of medians taken from different rounds.
+//!
 //! `./scripts/bench` builds everything in release mode and runs it; it
 //! writes docs/BENCHMARKS.md, docs/benchmarks.json and docs/latency.png.
+//!
+//! Modules: `contenders` (who is measured), `measure` (the loops, CPU time),
+//! `node` (node-redlock's child process), `faults` (the faulty node),
+//! `footprint` (memory, cold start), `report` (statistics and Markdown),
+//! `chart`, and `hosts` (the lock core from other hosts, for docs/HOSTS.md).
 
 mod chart;
 mod contenders;
+mod faults;
+mod footprint;
 mod hosts;
 mod measure;
 mod node;
+mod report;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use redlock_wasm::Redlock;
-use redlock_wasm::local::proxy::{Mode, Proxy};
-use redlock_wasm::local::{LocalCluster, free_port};
+use redlock_wasm::local::LocalCluster;
 
-use crate::contenders::{Contender, TTL};
-use crate::measure::{latency, median, throughput};
+use crate::contenders::{Contender, Retry, SAME_POLICY, TTL};
+use crate::faults::{Fault, Site};
+use crate::measure::Bounds;
+use crate::node::NodeChild;
+use crate::report::Round;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(about = "Benchmarks redlock-wasm against the quorum floor, rslock and node-redlock")]
-struct Args {
-    /// Rounds; each metric reports the median over rounds.
-    #[arg(long, default_value_t = 3)]
+pub struct Args {
+    /// Rounds; each ratio is the median of the per-round ratios.
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Sequential pairs per latency measurement.
+    /// Sequential pairs per uncontended latency run.
     #[arg(long, default_value_t = 2000)]
     iters: usize,
-    /// Seconds per throughput measurement.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 1.0)]
     secs: f64,
+    /// At most this many pairs per fault run...
+    #[arg(long, default_value_t = 200)]
+    fault_iters: usize,
+    /// ...and at most this many seconds (once 3 pairs are in).
+    #[arg(long, default_value_t = 1.0)]
+    fault_secs: f64,
+    /// A pair without an answer after this many seconds counts as a hang:
+    /// the run stops and the report says "no answer in N s".
+    #[arg(long, default_value_t = 2.0)]
+    hang_secs: f64,
+    /// Seconds of node-redlock pairs before anything is measured, so that
+    /// V8 has optimised its hot code.
+    #[arg(long, default_value_t = 3.0)]
+    node_warmup: f64,
+    /// Worker threads of the multi-thread runtime row.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
     /// Where BENCHMARKS.md, benchmarks.json and latency.png go.
     #[arg(long, default_value = "docs")]
     out: PathBuf,
@@ -46,20 +76,24 @@ struct Args {
     sub: Option<Sub>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Sub {
     /// Only redlock-wasm's throughput on distinct keys, for a profiler.
     Profile {
         #[arg(long, default_value_t = 64)]
         clients: usize,
-        #[arg(long, default_value_t = 256)]
-        limit: usize,
+        /// The concurrency limit; the library's default when not given.
+        #[arg(long)]
+        limit: Option<usize>,
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
     },
-    /// One uncontended pair from each host of the lock core: the Rust host,
-    /// Python, Node.js and the wasmtime CLI (needs ./scripts/setup).
+    /// Acquire + release pairs on new keys from each host of the lock core:
+    /// the Rust host, Python, Node.js and the wasmtime CLI (needs
+    /// ./scripts/setup --for-tests).
     Hosts {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[arg(long, default_value_t = 300)]
         iters: usize,
         #[arg(long, default_value_t = 21)]
@@ -79,64 +113,81 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match args.sub {
-        Some(Sub::Rss { ref nodes, locks }) => rt.block_on(rss_child(nodes, locks)),
+    match args.sub.clone() {
+        Some(Sub::Rss { nodes, locks }) => rt.block_on(footprint::rss_child(&nodes, locks)),
         Some(Sub::Profile {
             clients,
             limit,
             secs,
         }) => rt.block_on(async {
             let cluster = LocalCluster::start(5)?;
-            let ours = Rc::new(Contender::ours(&cluster.urls(), limit)?);
+            let ours = Rc::new(Contender::ours(&cluster.urls(), limit, Retry::Defaults)?);
             ours.warm("profile").await?;
-            let tp = throughput(ours, "profile", clients, secs, false).await?;
-            println!("{tp:.0} pairs/s");
+            let tp = ours.throughput("profile", clients, secs, false).await?;
+            println!(
+                "{:.0} pairs/s, {:.1} us of client CPU per pair",
+                tp.per_sec, tp.cpu_us_per_pair
+            );
             Ok(())
         }),
-        Some(Sub::Hosts { iters, cli_runs }) => {
-            rt.block_on(hosts::run(&workspace_root()?, iters, cli_runs))
-        }
+        Some(Sub::Hosts {
+            rounds,
+            iters,
+            cli_runs,
+        }) => rt.block_on(hosts::run(&workspace_root()?, rounds, iters, cli_runs)),
         None => rt.block_on(run(args)),
     }
 }
 
-/// Metric name -> value, per round.
-type Round = BTreeMap<String, f64>;
+/// What every round shares.
+struct Bench {
+    args: Args,
+    cluster: LocalCluster,
+    node: Option<Rc<NodeChild>>,
+}
 
 async fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
     let root = workspace_root()?;
     let cluster = LocalCluster::start(5).context("start 5 local redis-server nodes")?;
     let urls = cluster.urls();
     eprintln!("nodes: {}", urls.join(" "));
-    let node_dir = match node::prepare(&root) {
-        Ok(d) => d,
+    let node = match start_node(&root, &urls, args.node_warmup).await {
+        Ok(n) => n.map(Rc::new),
         Err(e) => {
             eprintln!("node-redlock skipped: {e:#}");
             None
         }
     };
-    if node_dir.is_none() {
-        eprintln!("node-redlock skipped: Node.js is not installed");
-    }
+    let bench = Bench {
+        args: args.clone(),
+        cluster,
+        node,
+    };
     let mut rounds: Vec<Round> = Vec::new();
-    let mut last_samples: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut last_samples = Vec::new();
     for round in 0..args.rounds {
-        eprintln!("round {} of {}", round + 1, args.rounds);
-        let (r, samples) = one_round(&args, &urls, &cluster, node_dir.as_deref(), round).await?;
+        eprintln!(
+            "round {} of {} ({:.0} s so far)",
+            round + 1,
+            args.rounds,
+            started.elapsed().as_secs_f64()
+        );
+        let (r, samples) = one_round(&bench, round).await?;
         rounds.push(r);
         last_samples = samples;
     }
-    let metrics = aggregate(&rounds);
-    let cli = cold_cli(&root, &urls)?;
-    let mut all = metrics.clone();
-    all.extend(cli.clone());
+    eprintln!("memory with 10,000 locks held; cold CLI");
+    let mut once = footprint::rss(&urls)?;
+    once.extend(footprint::cold_cli(&urls)?);
+    let elapsed = started.elapsed().as_secs_f64();
 
     std::fs::create_dir_all(&args.out)?;
-    let table = report(&all, &args, node_dir.is_some());
+    let setup = report::Setup::describe(&root, &args, bench.node.is_some(), elapsed);
+    let (table, json) = report::write(&rounds, &once, &setup);
     println!("{table}");
     let notes = std::fs::read_to_string(root.join("bench").join("notes.md")).unwrap_or_default();
     std::fs::write(args.out.join("BENCHMARKS.md"), format!("{table}\n{notes}"))?;
-    let json = serde_json::json!({ "rounds": rounds, "median": all });
     std::fs::write(
         args.out.join("benchmarks.json"),
         serde_json::to_string_pretty(&json)?,
@@ -149,10 +200,25 @@ async fn run(args: Args) -> Result<()> {
         Ok(()) => eprintln!("wrote {}", args.out.join("latency.png").display()),
         Err(e) => eprintln!("chart skipped: {e:#}"),
     }
+    eprintln!("done in {elapsed:.0} s");
     Ok(())
 }
 
-fn workspace_root() -> Result<PathBuf> {
+/// node-redlock's child with its JIT warmed up, or `None` without Node.js.
+async fn start_node(root: &Path, urls: &[String], warmup: f64) -> Result<Option<NodeChild>> {
+    let Some(dir) = node::prepare(root)? else {
+        eprintln!("node-redlock skipped: Node.js or npm is not installed");
+        return Ok(None);
+    };
+    let child = NodeChild::start(&dir).await?;
+    eprintln!("node-redlock: {warmup} s of warm-up");
+    let id = child.open(urls, Retry::Defaults).await?;
+    child.warm(id, warmup).await?;
+    child.close(id).await?;
+    Ok(Some(child))
+}
+
+pub fn workspace_root() -> Result<PathBuf> {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     Ok(here
         .parent()
@@ -160,133 +226,251 @@ fn workspace_root() -> Result<PathBuf> {
         .to_path_buf())
 }
 
-async fn one_round(
-    args: &Args,
-    urls: &[String],
-    cluster: &LocalCluster,
-    node_dir: Option<&Path>,
-    round: usize,
-) -> Result<(Round, Vec<(String, Vec<f64>)>)> {
+/// `v` rotated left by `round`: each contender takes each place in turn.
+fn rotated<T: Clone>(v: &[T], round: usize) -> Vec<T> {
+    let mut v = v.to_vec();
+    if !v.is_empty() {
+        let n = round % v.len();
+        v.rotate_left(n);
+    }
+    v
+}
+
+/// The named contenders of one section.
+type Named = Vec<(&'static str, Rc<Contender>)>;
+
+fn pick(all: &Named, names: &[&str]) -> Named {
+    names
+        .iter()
+        .filter_map(|n| all.iter().find(|(m, _)| m == n).cloned())
+        .collect()
+}
+
+async fn close_all(all: Named) -> Result<()> {
+    for (name, c) in all {
+        if let Ok(c) = Rc::try_unwrap(c) {
+            c.close().await.with_context(|| format!("close {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Uncontended samples of the last round, for the chart.
+type Samples = Vec<(String, Vec<f64>)>;
+
+async fn one_round(b: &Bench, round: usize) -> Result<(Round, Samples)> {
+    let args = &b.args;
+    let urls = b.cluster.urls();
+    let hang = Duration::from_secs_f64(args.hang_secs);
     let mut m = Round::new();
     let tag = |s: &str| format!("r{round}:{s}");
 
-    let floor_q = Rc::new(Contender::floor(urls, false).await?);
-    let floor_a = Rc::new(Contender::floor(urls, true).await?);
-    let rsl = Rc::new(Contender::rslock(urls));
-    let ours = Rc::new(Contender::ours(
-        urls,
-        redlock_wasm::node::DEFAULT_CONCURRENCY,
-    )?);
-    let ours_wide = Rc::new(Contender::ours(urls, 256)?);
-    let named: [(&str, &Rc<Contender>); 5] = [
-        ("floor-quorum", &floor_q),
-        ("floor-all", &floor_a),
-        ("rslock", &rsl),
-        ("ours", &ours),
-        ("ours-256", &ours_wide),
+    let mut all: Named = vec![
+        (
+            "floor-quorum",
+            Rc::new(Contender::floor(&urls, false).await?),
+        ),
+        ("floor-all", Rc::new(Contender::floor(&urls, true).await?)),
+        ("rslock", Rc::new(Contender::rslock(&urls, Retry::Defaults))),
+        (
+            "ours",
+            Rc::new(Contender::ours(&urls, None, Retry::Defaults)?),
+        ),
+        (
+            "ours-256",
+            Rc::new(Contender::ours(&urls, Some(256), Retry::Defaults)?),
+        ),
+        (
+            "ours-mt",
+            Rc::new(Contender::ours_mt(&urls, args.workers, None)?),
+        ),
     ];
-    for (name, c) in &named {
+    if let Some(child) = &b.node {
+        all.push((
+            "node-redlock",
+            Rc::new(Contender::node(child, &urls, Retry::Defaults).await?),
+        ));
+    }
+    for (name, c) in rotated(&all, round) {
         c.warm(&tag(name)).await?;
     }
 
-    // Uncontended latency.
+    // Uncontended latency and CPU per pair.
     let mut samples = Vec::new();
-    for (name, c) in &named[..4] {
+    let lat = pick(
+        &all,
+        &[
+            "floor-quorum",
+            "floor-all",
+            "rslock",
+            "node-redlock",
+            "ours",
+            "ours-mt",
+        ],
+    );
+    let bounds = Bounds {
+        iters: args.iters,
+        max_secs: None,
+        hang,
+    };
+    for (name, c) in rotated(&lat, round) {
         eprintln!("  latency: {name}");
-        let l = latency(c, &tag(&format!("lat-{name}")), args.iters).await?;
-        m.insert(format!("lat_p50/{name}"), l.pct(50.0));
-        m.insert(format!("lat_p99/{name}"), l.pct(99.0));
-        samples.push((label(name), l.samples_us));
+        let l = c.latency(&tag(&format!("lat-{name}")), &bounds).await?;
+        record_latency(&mut m, "lat", name, &l);
+        samples.push((name, l.samples_us));
     }
+    // The chart's legend in a fixed order, whatever the round's order was.
+    samples.sort_by_key(|(n, _)| lat.iter().position(|(m, _)| m == n));
+    let samples = samples
+        .into_iter()
+        .map(|(n, s)| (report::label(n).to_owned(), s))
+        .collect();
 
     // Throughput on distinct keys.
-    for clients in [1usize, 16, 64] {
-        for (name, c) in [
-            ("floor-quorum", &floor_q),
-            ("rslock", &rsl),
-            ("ours", &ours),
-            ("ours-256", &ours_wide),
-        ] {
+    let tp = pick(
+        &all,
+        &[
+            "floor-quorum",
+            "rslock",
+            "node-redlock",
+            "ours",
+            "ours-256",
+            "ours-mt",
+        ],
+    );
+    for clients in report::CLIENTS {
+        for (name, c) in rotated(&tp, round) {
             eprintln!("  throughput: {name}, {clients} clients");
-            let tp = throughput(
-                (*c).clone(),
-                &tag(&format!("tp-{name}-{clients}")),
-                clients,
-                args.secs,
-                false,
-            )
-            .await?;
-            m.insert(format!("tp{clients}/{name}"), tp);
+            let t = c
+                .throughput(
+                    &tag(&format!("tp-{name}-{clients}")),
+                    clients,
+                    args.secs,
+                    false,
+                )
+                .await?;
+            m.insert(format!("tp{clients}/{name}"), t.per_sec);
+            m.insert(format!("tp{clients}_cpu/{name}"), t.cpu_us_per_pair);
         }
     }
 
-    // Contended: 16 clients on one key, each library's default retries.
-    for (name, c) in [("rslock", &rsl), ("ours", &ours)] {
-        eprintln!("  contended: {name}");
-        let tp = throughput(
-            (*c).clone(),
-            &tag(&format!("one-{name}")),
-            16,
-            args.secs,
-            true,
-        )
-        .await?;
-        m.insert(format!("contended/{name}"), tp);
+    // Contended: 16 clients on one key, each library's defaults, then one
+    // retry policy for all.
+    let mut same: Named = vec![
+        (
+            "rslock",
+            Rc::new(Contender::rslock(&urls, Retry::Same(SAME_POLICY))),
+        ),
+        (
+            "ours",
+            Rc::new(Contender::ours(&urls, None, Retry::Same(SAME_POLICY))?),
+        ),
+    ];
+    if let Some(child) = &b.node {
+        same.push((
+            "node-redlock",
+            Rc::new(Contender::node(child, &urls, Retry::Same(SAME_POLICY)).await?),
+        ));
     }
-
-    if let Some(dir) = node_dir {
-        eprintln!("  node-redlock");
-        let n = node::run(dir, urls, args.iters, &[1, 16, 64], args.secs, &tag("node"))?;
-        m.insert(
-            "lat_p50/node-redlock".into(),
-            measure::pct(&n.samples_us, 50.0),
-        );
-        m.insert(
-            "lat_p99/node-redlock".into(),
-            measure::pct(&n.samples_us, 99.0),
-        );
-        for (k, v) in &n.throughput {
-            m.insert(format!("tp{k}/node-redlock"), *v);
+    for (name, c) in rotated(&same, round) {
+        c.warm(&tag(&format!("same-{name}"))).await?;
+    }
+    let defaults = pick(&all, &["rslock", "node-redlock", "ours"]);
+    for (policy, set) in [("contended", &defaults), ("contended_same", &same)] {
+        for (name, c) in rotated(set, round) {
+            eprintln!("  {policy}: {name}");
+            let t = c
+                .throughput(&tag(&format!("{policy}-{name}")), 16, args.secs, true)
+                .await?;
+            m.insert(format!("{policy}/{name}"), t.per_sec);
         }
-        m.insert("contended/node-redlock".into(), n.contended);
-        samples.push(("node-redlock".into(), n.samples_us));
+    }
+    close_all(same).await?;
+    drop((lat, tp, defaults));
+    close_all(all).await?;
+
+    // One node of five slow, paused, blackholed or dead.
+    for fault in Fault::ALL {
+        faulty_node(b, round, fault, &mut m).await?;
     }
 
-    // One node slowed by 50 ms, then one node dead.
-    let degraded_iters = (args.iters / 10).max(100);
-    let proxy = Proxy::start(cluster.nodes[4].port()).await?;
-    proxy.set(Mode::Delay(Duration::from_millis(50)));
-    let dead = format!("redis://127.0.0.1:{}", free_port()?);
-    for (case, last) in [("slow", proxy.url()), ("dead", dead)] {
-        let mut u = urls[..4].to_vec();
-        u.push(last);
-        let cs = [
-            ("floor-quorum", Contender::floor(&u, false).await?),
-            ("floor-all", Contender::floor(&u, true).await?),
-            ("rslock", Contender::rslock(&u)),
-            (
-                "ours",
-                Contender::ours(&u, redlock_wasm::node::DEFAULT_CONCURRENCY)?,
-            ),
-        ];
-        for (name, c) in &cs {
-            if case == "dead" && *name == "floor-all" {
-                continue; // it cannot await a node that is not there
+    boundary(args.iters, round, &mut m).await?;
+    flush(&b.cluster);
+    Ok((m, samples))
+}
+
+fn record_latency(m: &mut Round, section: &str, name: &str, l: &measure::Latency) {
+    if !l.samples_us.is_empty() {
+        m.insert(format!("{section}_p50/{name}"), l.pct(50.0));
+        m.insert(format!("{section}_p99/{name}"), l.pct(99.0));
+        m.insert(format!("{section}_cpu/{name}"), l.cpu_us_per_pair);
+    }
+    m.insert(format!("{section}_failed/{name}"), l.failed as f64);
+    if l.hung {
+        m.insert(format!("{section}_hung/{name}"), 1.0);
+    }
+}
+
+async fn faulty_node(b: &Bench, round: usize, fault: Fault, m: &mut Round) -> Result<()> {
+    let args = &b.args;
+    let site = Site::prepare(fault, &b.cluster).await?;
+    let urls = site.urls();
+    let mut cs: Named = vec![(
+        "floor-quorum",
+        Rc::new(Contender::floor(urls, false).await?),
+    )];
+    // The floor connects only to nodes that answer: with a dead node it
+    // would wait for 4 of 4, which is not the point of waiting for all.
+    if fault != Fault::Dead {
+        cs.push(("floor-all", Rc::new(Contender::floor(urls, true).await?)));
+    }
+    cs.push(("rslock", Rc::new(Contender::rslock(urls, Retry::Defaults))));
+    cs.push((
+        "ours",
+        Rc::new(Contender::ours(urls, None, Retry::Defaults)?),
+    ));
+    if let Some(child) = &b.node {
+        cs.push((
+            "node-redlock",
+            Rc::new(Contender::node(child, urls, Retry::Defaults).await?),
+        ));
+    }
+    let key = fault.key();
+    for (name, c) in &cs {
+        c.warm(&format!("r{round}:{key}-{name}")).await?;
+    }
+    let bounds = Bounds {
+        iters: args.fault_iters,
+        max_secs: Some(args.fault_secs),
+        hang: Duration::from_secs_f64(args.hang_secs),
+    };
+    site.inject(&b.cluster)?;
+    let mut result = Ok(());
+    for (name, c) in rotated(&cs, round) {
+        eprintln!("  {key} node: {name}");
+        match c
+            .latency(&format!("r{round}:{key}-lat-{name}"), &bounds)
+            .await
+        {
+            Ok(l) => record_latency(m, key, name, &l),
+            Err(e) => {
+                result = Err(e.context(format!("{key} node: {name}")));
+                break;
             }
-            eprintln!("  {case} node: {name}");
-            c.warm(&tag(&format!("{case}-{name}"))).await?;
-            let l = latency(c, &tag(&format!("{case}-{name}")), degraded_iters).await?;
-            m.insert(format!("{case}_p50/{name}"), l.pct(50.0));
         }
     }
-    drop(proxy);
+    site.heal(&b.cluster)?;
+    close_all(cs).await?;
+    result
+}
 
-    // The wasm boundary alone: in-memory nodes, no Redis, no sockets.
+/// The wasm boundary alone: in-memory nodes, no Redis, no sockets.
+async fn boundary(iters: usize, round: usize, m: &mut Round) -> Result<()> {
     eprintln!("  wasm boundary");
     let mem = Redlock::builder().in_memory_nodes(5).ttl(TTL).build()?;
-    let mut acq = Vec::with_capacity(args.iters);
-    let mut pair = Vec::with_capacity(args.iters);
-    for i in 0..args.iters + 100 {
+    let mut acq = Vec::with_capacity(iters);
+    let mut pair = Vec::with_capacity(iters);
+    for i in 0..iters + 100 {
         let key = format!("bench:mem:{round}:{i}");
         let t = Instant::now();
         let lock = mem.acquire(&key, Duration::from_secs(1)).await?;
@@ -299,331 +483,15 @@ async fn one_round(
     }
     m.insert("boundary_call_p50".into(), measure::pct(&acq, 50.0));
     m.insert("boundary_pair_p50".into(), measure::pct(&pair, 50.0));
-
-    // Memory with 10,000 locks held, in a fresh process.
-    eprintln!("  memory with 10,000 locks held");
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("rss");
-    for u in urls {
-        cmd.arg("--node").arg(u);
-    }
-    let out = cmd.output()?;
-    if !out.status.success() {
-        bail!("rss child failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    for k in ["rss_before_mib", "rss_held_mib", "peak_mib"] {
-        m.insert(k.into(), v[k].as_f64().unwrap_or(f64::NAN));
-    }
-    for n in &cluster.nodes {
-        let _: redis::RedisResult<()> =
-            redis::cmd("FLUSHALL").query(&mut redis::Client::open(n.url())?.get_connection()?);
-    }
-    Ok((m, samples))
-}
-
-fn label(name: &str) -> String {
-    match name {
-        "floor-quorum" => "floor (quorum)".into(),
-        "floor-all" => "floor (all nodes)".into(),
-        "ours" => "redlock-wasm".into(),
-        other => other.into(),
-    }
-}
-
-/// The child process of the memory measurement.
-async fn rss_child(urls: &[String], locks: usize) -> Result<()> {
-    let r = Redlock::builder()
-        .nodes(urls.iter().cloned())
-        .ttl(Duration::from_secs(60))
-        .build()?;
-    let first = r.acquire("bench:rss:warm", Duration::from_secs(1)).await?;
-    r.release(&first).await?;
-    let before = status_kib("VmRSS:");
-    let mut held = Vec::with_capacity(locks);
-    for i in 0..locks {
-        held.push(
-            r.acquire(&format!("bench:rss:{i}"), Duration::from_secs(1))
-                .await?,
-        );
-    }
-    let during = status_kib("VmRSS:");
-    let peak = status_kib("VmHWM:");
-    for l in &held {
-        r.release(l).await?;
-    }
-    r.settle(Duration::from_secs(2)).await;
-    println!(
-        "{}",
-        serde_json::json!({
-            "rss_before_mib": before / 1024.0,
-            "rss_held_mib": during / 1024.0,
-            "peak_mib": peak / 1024.0,
-        })
-    );
     Ok(())
 }
 
-fn status_kib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(f64::NAN)
-}
-
-/// A cold `redlock run -- true` against a bare `true`, 20 runs each.
-fn cold_cli(root: &Path, urls: &[String]) -> Result<Round> {
-    let mut m = Round::new();
-    let exe = std::env::current_exe()?;
-    let redlock = exe.with_file_name("redlock");
-    if !redlock.exists() {
-        eprintln!(
-            "cold CLI run skipped: {} not built (cargo build --release --bin redlock)",
-            redlock.display()
-        );
-        return Ok(m);
-    }
-    let _ = root;
-    let time = |cmd: &mut Command| -> Result<f64> {
-        let t = Instant::now();
-        let ok = cmd.output()?.status.success();
-        if !ok {
-            bail!("{cmd:?} failed");
-        }
-        Ok(t.elapsed().as_secs_f64() * 1e3)
-    };
-    let (mut bare, mut run) = (Vec::new(), Vec::new());
-    for i in 0..21 {
-        bare.push(time(&mut Command::new("true"))?);
-        let mut c = Command::new(&redlock);
-        c.env("REDLOCK_NODES", urls.join(",")).args([
-            "run",
-            "--key",
-            &format!("bench:cli:{i}"),
-            "--",
-            "true",
-        ]);
-        run.push(time(&mut c)?);
-    }
-    m.insert("cli_true_ms".into(), median(&bare));
-    m.insert("cli_run_ms".into(), median(&run));
-    Ok(m)
-}
-
-fn aggregate(rounds: &[Round]) -> Round {
-    let mut keys: Vec<&String> = rounds.iter().flat_map(|r| r.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .map(|k| {
-            let v: Vec<f64> = rounds.iter().filter_map(|r| r.get(k).copied()).collect();
-            (k.clone(), median(&v))
-        })
-        .collect()
-}
-
-fn report(m: &Round, args: &Args, node: bool) -> String {
-    let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
-    let ms = |us: f64| format!("{:.3} ms", us / 1000.0);
-    let ratio = |a: f64, b: f64| format!("{:.2}x", a / b);
-    let mut out = String::new();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let redis = Command::new(redlock_wasm::local::binary())
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default();
-    out.push_str("# Benchmarks\n\n");
-    out.push_str(&format!(
-        "Measured by `./scripts/bench` (that is, `./target/release/redlock-bench --rounds {} --iters {} --secs {}`) \
-         on {} logical CPUs ({cpu}), {redis}, 5 local nodes on loopback started by the bench, Linux. \
-         Every figure is the median of {} rounds taken in the same run; ratios compare figures from that run. \
-         Date: {}.\n\n",
-        args.rounds, args.iters, args.secs,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        args.rounds,
-        today(),
-    ));
-    if !node {
-        out.push_str("node-redlock: skipped (Node.js not installed).\n\n");
-    }
-    out.push_str("## Uncontended acquire + release (1 client, distinct keys)\n\n");
-    out.push_str(
-        "| client | p50 | p99 | p50 / floor (quorum) | p50 / rslock |\n|---|---|---|---|---|\n",
-    );
-    for name in [
-        "floor-quorum",
-        "floor-all",
-        "rslock",
-        "node-redlock",
-        "ours",
-    ] {
-        let p50 = g(&format!("lat_p50/{name}"));
-        if p50.is_nan() {
-            continue;
-        }
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            label(name),
-            ms(p50),
-            ms(g(&format!("lat_p99/{name}"))),
-            ratio(p50, g("lat_p50/floor-quorum")),
-            ratio(p50, g("lat_p50/rslock"))
-        ));
-    }
-    out.push_str("\n## Throughput (acquire + release pairs per second, distinct keys)\n\n");
-    out.push_str("| client | limit | 1 client | 16 clients | 64 clients | 64 / rslock |\n|---|---|---|---|---|---|\n");
-    for (name, limit) in [
-        ("floor-quorum", "none"),
-        ("rslock", "none"),
-        ("node-redlock", "none"),
-        ("ours", "10 (default)"),
-        ("ours-256", "256"),
-    ] {
-        let t1 = g(&format!("tp1/{name}"));
-        if t1.is_nan() {
-            continue;
-        }
-        let t64 = g(&format!("tp64/{name}"));
-        out.push_str(&format!(
-            "| {} | {limit} | {:.0} | {:.0} | {t64:.0} | {} |\n",
-            label(name),
-            t1,
-            g(&format!("tp16/{name}")),
-            ratio(t64, g("tp64/rslock"))
-        ));
-    }
-    out.push_str("\n## Contended: 16 clients on one key (acquisitions per second, each library's default retry pause)\n\n");
-    out.push_str("| client | acquisitions/s |\n|---|---|\n");
-    for name in ["rslock", "node-redlock", "ours"] {
-        let v = g(&format!("contended/{name}"));
-        if !v.is_nan() {
-            out.push_str(&format!("| {} | {v:.0} |\n", label(name)));
+/// Empties the nodes between rounds (keys of a paused node's backlog, locks
+/// that a hung client left).
+fn flush(cluster: &LocalCluster) {
+    for n in &cluster.nodes {
+        if let Ok(mut c) = redis::Client::open(n.url()).and_then(|c| c.get_connection()) {
+            let _: redis::RedisResult<()> = redis::cmd("FLUSHALL").query(&mut c);
         }
     }
-    out.push_str("\n## One node of 5 slowed by 50 ms (proxy) or dead (nothing listening): uncontended p50\n\n");
-    out.push_str(
-        "| client | healthy | one slow | slow / healthy | one dead |\n|---|---|---|---|---|\n",
-    );
-    for name in ["floor-quorum", "floor-all", "rslock", "ours"] {
-        let h = g(&format!("lat_p50/{name}"));
-        let s = g(&format!("slow_p50/{name}"));
-        let d = g(&format!("dead_p50/{name}"));
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            label(name),
-            ms(h),
-            ms(s),
-            ratio(s, h),
-            if d.is_nan() { "-".into() } else { ms(d) }
-        ));
-    }
-    out.push_str("\n## The lock core alone, and memory\n\n");
-    out.push_str("| what | value |\n|---|---|\n");
-    out.push_str(&format!(
-        "| wasm boundary: one call (instance from the warm pool + acquire in the core + 5 in-memory nodes), p50 | {:.1} us |\n",
-        g("boundary_call_p50")
-    ));
-    out.push_str(&format!(
-        "| the same, acquire + release, p50 | {:.1} us |\n",
-        g("boundary_pair_p50")
-    ));
-    out.push_str(&format!(
-        "| host RSS: before / while holding 10,000 locks / peak | {:.1} / {:.1} / {:.1} MiB |\n",
-        g("rss_before_mib"),
-        g("rss_held_mib"),
-        g("peak_mib")
-    ));
-    let (t, r) = (g("cli_true_ms"), g("cli_run_ms"));
-    if !r.is_nan() {
-        out.push_str(&format!(
-            "| cold `redlock run -- true` / bare `true` (median of 21, wall) | {r:.1} / {t:.1} ms: {:.1} ms above |\n",
-            r - t
-        ));
-    }
-    out.push_str("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n");
-    let mut target = |what: &str, value: f64, limit: f64, lower_is_better: bool, shown: String| {
-        let met = if lower_is_better {
-            value <= limit
-        } else {
-            value >= limit
-        };
-        out.push_str(&format!(
-            "| {what} | {shown} | {} |\n",
-            if met { "yes" } else { "**no**" }
-        ));
-    };
-    let l = g("lat_p50/ours");
-    target(
-        "uncontended p50 <= 1.15 x floor (quorum)",
-        l / g("lat_p50/floor-quorum"),
-        1.15,
-        true,
-        ratio(l, g("lat_p50/floor-quorum")),
-    );
-    target(
-        "uncontended p50 <= 0.9 x rslock",
-        l / g("lat_p50/rslock"),
-        0.9,
-        true,
-        ratio(l, g("lat_p50/rslock")),
-    );
-    let best64 = g("tp64/ours").max(g("tp64/ours-256"));
-    target(
-        "throughput at 64 clients >= 1.2 x rslock (best limit)",
-        best64 / g("tp64/rslock"),
-        1.2,
-        false,
-        ratio(best64, g("tp64/rslock")),
-    );
-    target(
-        "one node slowed 50 ms: p50 <= 1.3 x healthy",
-        g("slow_p50/ours") / l,
-        1.3,
-        true,
-        ratio(g("slow_p50/ours"), l),
-    );
-    target(
-        "wasm boundary (instance + call) p50 <= 15 us",
-        g("boundary_call_p50"),
-        15.0,
-        true,
-        format!("{:.1} us", g("boundary_call_p50")),
-    );
-    if !r.is_nan() {
-        target(
-            "cold `redlock run -- true` <= 50 ms above bare `true`",
-            r - t,
-            50.0,
-            true,
-            format!("{:.1} ms", r - t),
-        );
-    }
-    out
-}
-
-fn today() -> String {
-    Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }

@@ -5,6 +5,9 @@
 //   node cli.mjs cycle KEY N [WITNESS_FILE]       -> {"pairs":N,"p50_ms":...,"p99_ms":...}
 //     N acquire + release pairs in one instance; with WITNESS_FILE, each holder
 //     reads the number in it, pauses 2 ms, writes it + 1 (an overlap loses one).
+//   node cli.mjs bench PREFIX N [WARMUP]          -> {"pairs":N,"p50_ms":...,"p99_ms":...,"cpu_us_per_pair":...}
+//     redlock-bench's work on every host: WARMUP pairs (default 100), then N
+//     acquire + release pairs, each on a new key PREFIX:i; CPU is this process's.
 // Errors: {"error":{"type":"RedlockError","native":true,"kind":...,"message":...,"nodes":[...]}}
 // on stdout (native: it is an instance of JavaScript's Error), exit code 1.
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -37,8 +40,23 @@ try {
     times.sort((a, b) => a - b);
     const at = (q) => times[Math.min(times.length - 1, Math.floor(q * times.length))];
     print({ pairs: times.length, p50_ms: at(0.5), p99_ms: at(0.99) });
+  } else if (cmd === 'bench') {
+    const warmup = Number(process.argv[5] ?? 100);
+    const pair = (k) => release(acquire(k, { ttlMs: 10000 }, 2000), 1000);
+    for (let i = 0; i < warmup; i++) pair(`${key}:warm:${i}`);
+    const times = [];
+    const cpu = process.cpuUsage();
+    for (let i = 0; i < Number(arg); i++) {
+      const t = performance.now();
+      pair(`${key}:${i}`);
+      times.push(performance.now() - t);
+    }
+    const { user, system } = process.cpuUsage(cpu);
+    times.sort((a, b) => a - b);
+    const at = (q) => times[Math.min(times.length - 1, Math.floor(q * times.length))];
+    print({ pairs: times.length, p50_ms: at(0.5), p99_ms: at(0.99), cpu_us_per_pair: (user + system) / times.length });
   } else {
-    console.error('usage: node cli.mjs acquire KEY TTL_MS [BUDGET_MS] | release KEY TOKEN [BUDGET_MS] | cycle KEY N [WITNESS_FILE]');
+    console.error('usage: node cli.mjs acquire KEY TTL_MS [BUDGET_MS] | release KEY TOKEN [BUDGET_MS] | cycle KEY N [WITNESS_FILE] | bench PREFIX N [WARMUP]');
     process.exit(2);
   }
 } catch (e) {

@@ -5,6 +5,9 @@
     python cli.py cycle KEY N [WITNESS_FILE]       -> {"pairs": N, "p50_ms": ..., "p99_ms": ...}
       N acquire + release pairs in one instance; with WITNESS_FILE, each holder
       reads the number in it, pauses 2 ms, writes it + 1 (an overlap loses one).
+    python cli.py bench PREFIX N [WARMUP]          -> {"pairs": N, "p50_ms": ..., "p99_ms": ..., "cpu_us_per_pair": ...}
+      redlock-bench's work on every host: WARMUP pairs (default 100), then N
+      acquire + release pairs, each on a new key PREFIX:i; CPU is this process's.
 
 Nodes from REDLOCK_NODES; the per-node timeout from REDLOCK_NODE_TIMEOUT_MS (ms, default 50). Errors: {"error": {"type": "RedlockError", "native": true,
 "kind", "message", "nodes"}} on stdout (native: it is a Python Exception), exit code 1.
@@ -39,20 +42,41 @@ def cycle(locks: Redlock, key: str, n: int, witness: str | None) -> dict:
     return {"pairs": len(times), "p50_ms": at(0.5), "p99_ms": at(0.99)}
 
 
+def bench(locks: Redlock, prefix: str, n: int, warmup: int) -> dict:
+    def pair(key: str) -> None:
+        locks.release(locks.acquire(key, ttl_ms=10_000, budget_ms=2000), budget_ms=1000)
+
+    for i in range(warmup):
+        pair(f"{prefix}:warm:{i}")
+    times = []
+    cpu = time.process_time()
+    for i in range(n):
+        start = time.perf_counter()
+        pair(f"{prefix}:{i}")
+        times.append((time.perf_counter() - start) * 1000)
+    cpu_us = (time.process_time() - cpu) * 1e6
+    times.sort()
+    at = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
+    return {"pairs": len(times), "p50_ms": at(0.5), "p99_ms": at(0.99), "cpu_us_per_pair": cpu_us / max(1, len(times))}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[0] not in ("acquire", "release", "cycle"):
+    if len(argv) < 3 or argv[0] not in ("acquire", "release", "cycle", "bench"):
         print(__doc__, file=sys.stderr)
         return 2
     cmd, key, arg = argv[:3]
     try:
-        budget = int(argv[3]) if len(argv) > 3 and cmd != "cycle" else 2000
+        budget = int(argv[3]) if len(argv) > 3 and cmd not in ("cycle", "bench") else 2000
+        warmup = int(argv[3]) if len(argv) > 3 and cmd == "bench" else 100
         number = int(arg) if cmd != "release" else 0
     except ValueError:
         print(f"not a number: {argv[3] if len(argv) > 3 else arg}", file=sys.stderr)
         return 2
     try:
         locks = Redlock()
-        if cmd == "cycle":
+        if cmd == "bench":
+            out = bench(locks, key, number, warmup)
+        elif cmd == "cycle":
             out = cycle(locks, key, number, argv[3] if len(argv) > 3 else None)
         elif cmd == "acquire":
             out = dataclasses.asdict(locks.acquire(key, ttl_ms=number, budget_ms=budget))
