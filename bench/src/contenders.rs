@@ -261,9 +261,18 @@ impl MultiThread {
                 .await
             }));
         }
-        for t in tasks {
-            t.await??;
-        }
+        let all = async {
+            for t in tasks {
+                t.await??;
+            }
+            anyhow::Ok(())
+        };
+        // As on this thread: a pair that never ends must not hold the run.
+        tokio::time::timeout(Duration::from_secs_f64(secs + 30.0), all)
+            .await
+            .map_err(|_| {
+                anyhow!("a throughput run of {secs} s was still going after {secs} + 30 s")
+            })??;
         Ok(run.finish(done.load(Ordering::Relaxed)))
     }
 }
