@@ -73,6 +73,10 @@ impl Nodes for HostNodes {
             Op::ExtendIfToken { key, token, ttl_ms } => {
                 node::extend_if_token(i, key, token, ttl_ms)
             }
+            Op::SetIfAbsentFenced { key, token, ttl_ms } => {
+                node::set_if_absent_fenced(i, key, token, ttl_ms)
+            }
+            Op::RaiseFence { key, fence } => node::raise_fence(i, key, fence),
         };
         Pending {
             pollable: reply.subscribe(),
@@ -95,6 +99,7 @@ impl Nodes for HostNodes {
             node::Reply::Done => Reply::Done,
             node::Reply::Refused => Reply::Refused,
             node::Reply::Failed(e) => Reply::Failed(e.into()),
+            node::Reply::Fence(v) => Reply::Fence(v),
         })
     }
 
@@ -196,6 +201,7 @@ impl From<engine::Lock> for api::Lock {
             token: l.token,
             validity_ms: l.validity_ms,
             expires_at: l.expires_at_ns,
+            fence: l.fence,
         }
     }
 }
@@ -207,6 +213,7 @@ impl From<api::Lock> for engine::Lock {
             token: l.token,
             validity_ms: l.validity_ms,
             expires_at_ns: l.expires_at,
+            fence: l.fence,
         }
     }
 }
@@ -224,6 +231,7 @@ impl api::Guest for Core {
             retry_count: options.retry_count,
             retry_delay_ms: options.retry_delay_ms,
             retry_jitter_ms: options.retry_jitter_ms,
+            fence: options.fence.unwrap_or(false),
         };
         engine::acquire(&mut HostNodes::new(), &key, &opts, budget_ms)
             .map(Into::into)

@@ -4,8 +4,9 @@
 //! outcome is certain (quorum reached, quorum out of reach, or the deadline
 //! passed); it never waits for the slowest node.
 
+use crate::fence;
 use crate::options::{self, AcquireOptions};
-use crate::quorum::{Decision, Outcome, Reply, Tally};
+use crate::quorum::{Decision, NodeError, Outcome, Reply, Tally};
 use crate::validity::{NS_PER_MS, expires_at_ns, validity_ms};
 
 /// One per-node operation.
@@ -36,6 +37,46 @@ pub enum Op<'a> {
         /// New TTL in ms.
         ttl_ms: u64,
     },
+    /// [`Op::SetIfAbsent`] that, when it grants, also raises the key's
+    /// fence counter to `max(counter + 1, floor)` and answers
+    /// [`Reply::Fence`] with the new value.
+    SetIfAbsentFenced {
+        /// Lock key.
+        key: &'a str,
+        /// Our token.
+        token: &'a str,
+        /// TTL in ms.
+        ttl_ms: u64,
+    },
+    /// Raise the key's fence counter to at least `fence`; answers
+    /// [`Reply::Fence`] with the value after it.
+    RaiseFence {
+        /// Lock key (the node keeps the counter beside it).
+        key: &'a str,
+        /// The fence to commit.
+        fence: u64,
+    },
+}
+
+impl Op<'_> {
+    /// True for the operations whose answer carries a fence counter.
+    pub fn fenced(&self) -> bool {
+        matches!(self, Op::SetIfAbsentFenced { .. } | Op::RaiseFence { .. })
+    }
+
+    /// A reply as this operation may count it: a fenced operation that took
+    /// effect must say its counter (a `done` without one is a host that
+    /// breaks the contract, counted as failed); an unfenced one has no
+    /// counter to give.
+    pub(crate) fn accept(&self, reply: Reply) -> Reply {
+        match reply {
+            Reply::Done if self.fenced() => Reply::Failed(NodeError::Other(
+                "answered `done` to a fenced operation: no fence counter".into(),
+            )),
+            Reply::Fence(_) if !self.fenced() => Reply::Done,
+            other => other,
+        }
+    }
 }
 
 /// Why [`Nodes::wait`] returned.
@@ -90,6 +131,10 @@ pub struct Lock {
     pub validity_ms: u64,
     /// Monotonic instant (ns) at which validity ends.
     pub expires_at_ns: u64,
+    /// The fencing token, when acquired with [`AcquireOptions::fence`]:
+    /// higher than the fence of every acquire of the key that returned
+    /// before this one started.
+    pub fence: Option<u64>,
 }
 
 /// Node-by-node detail of a failed quorum operation.
@@ -143,19 +188,52 @@ enum End {
 struct Round {
     end: End,
     outcomes: Vec<Outcome>,
+    /// Per node, the fence counter it reported (fenced operations only).
+    fences: Vec<Option<u64>>,
 }
 
 /// Sends `op` to every node at once and collects replies until `until`
 /// says stop or `until_ns` passes.
 fn round<N: Nodes>(nodes: &mut N, op: &Op<'_>, until_ns: u64, until: Until<'_>) -> Round {
+    round_from(nodes, op, until_ns, until, &[])
+}
+
+/// [`round`] in which the nodes marked in `done` already did it: they are
+/// not asked again and count as `done` from the start (nodes past the end
+/// of `done` are asked).
+fn round_from<N: Nodes>(
+    nodes: &mut N,
+    op: &Op<'_>,
+    until_ns: u64,
+    until: Until<'_>,
+    done: &[bool],
+) -> Round {
     let n = nodes.count();
-    let mut pending: Vec<Option<N::Pending>> = (0..n).map(|i| Some(nodes.start(i, op))).collect();
-    let mut outcomes = vec![Outcome::NoReply; n as usize];
     let mut tally = Tally::new(n);
+    let mut outcomes = vec![Outcome::NoReply; n as usize];
+    let mut pending: Vec<Option<N::Pending>> = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        if done.get(i as usize).copied().unwrap_or(false) {
+            tally.record(&Reply::Done);
+            outcomes[i as usize] = Outcome::Done;
+            pending.push(None);
+        } else {
+            pending.push(Some(nodes.start(i, op)));
+        }
+    }
+    let mut fences = vec![None; n as usize];
     loop {
-        for (slot, outcome) in pending.iter_mut().zip(outcomes.iter_mut()) {
+        for ((slot, outcome), counter) in pending
+            .iter_mut()
+            .zip(outcomes.iter_mut())
+            .zip(fences.iter_mut())
+        {
             if let Some(reply) = slot.as_mut().and_then(|p| nodes.reply(p)) {
+                let reply = op.accept(reply);
                 tally.record(&reply);
+                if let Reply::Fence(v) = reply {
+                    *counter = Some(v);
+                }
                 *outcome = reply.into();
                 *slot = None;
             }
@@ -177,24 +255,62 @@ fn round<N: Nodes>(nodes: &mut N, op: &Op<'_>, until_ns: u64, until: Until<'_>) 
             _ => None,
         };
         if let Some(end) = decided {
-            return Round { end, outcomes };
+            return Round {
+                end,
+                outcomes,
+                fences,
+            };
         }
         let live: Vec<&N::Pending> = pending.iter().flatten().collect();
-        match nodes.wait(&live, until_ns) {
-            Wake::Progress => {}
-            Wake::Deadline => {
-                return Round {
-                    end: End::DeadlinePassed,
-                    outcomes,
-                };
-            }
-            Wake::Cancelled => {
-                return Round {
-                    end: End::Cancelled,
-                    outcomes,
-                };
-            }
-        }
+        let end = match nodes.wait(&live, until_ns) {
+            Wake::Progress => continue,
+            Wake::Deadline => End::DeadlinePassed,
+            Wake::Cancelled => End::Cancelled,
+        };
+        return Round {
+            end,
+            outcomes,
+            fences,
+        };
+    }
+}
+
+/// How committing a fence ended.
+struct Commit {
+    end: End,
+    fence: u64,
+    /// The commit round, when one was needed.
+    round: Option<Round>,
+}
+
+/// After a quorum granted a fenced attempt: its fence, committed. The fence
+/// is the highest counter the granting nodes reported; when fewer than a
+/// quorum reported it, one more round raises it on every other node until
+/// a quorum holds it, within `until_ns` (docs/FENCING.md).
+fn commit_fence<N: Nodes>(nodes: &mut N, key: &str, granted: &Round, until_ns: u64) -> Commit {
+    // Every grant of a fenced round carries its counter (`Op::accept`), so
+    // a reached round has one; `Impossible` is never taken in practice.
+    let Some(fence) = fence::of(&granted.fences) else {
+        return Commit {
+            end: End::Impossible,
+            fence: 0,
+            round: None,
+        };
+    };
+    let holders = fence::holders(&granted.fences, fence);
+    if fence::committed(&holders) {
+        return Commit {
+            end: End::Reached,
+            fence,
+            round: None,
+        };
+    }
+    let raise = Op::RaiseFence { key, fence };
+    let r = round_from(nodes, &raise, until_ns, Until::Decided, &holders);
+    Commit {
+        end: r.end,
+        fence,
+        round: Some(r),
     }
 }
 
@@ -262,14 +378,29 @@ pub fn acquire<N: Nodes>(
         let expires_at_ns = expires_at_ns(start, ttl_ms);
         // Past `expires_at` no validity could be left, so stop waiting there.
         let until_ns = deadline.min(expires_at_ns);
-        let set = Op::SetIfAbsent {
-            key,
-            token: &token,
-            ttl_ms,
+        let set = if opts.fence {
+            Op::SetIfAbsentFenced {
+                key,
+                token: &token,
+                ttl_ms,
+            }
+        } else {
+            Op::SetIfAbsent {
+                key,
+                token: &token,
+                ttl_ms,
+            }
         };
         let r = round(nodes, &set, until_ns, Until::Decided);
+        // A fenced attempt is granted once its fence is committed too.
+        let commit =
+            (r.end == End::Reached && opts.fence).then(|| commit_fence(nodes, key, &r, until_ns));
+        let (end, fence) = match &commit {
+            Some(c) => (c.end, Some(c.fence)),
+            None => (r.end, None),
+        };
         let now = nodes.now_ns();
-        match r.end {
+        match end {
             End::Reached => {
                 if let Some(validity_ms) = validity_ms(ttl_ms, now.saturating_sub(start)) {
                     return Ok(Lock {
@@ -277,6 +408,7 @@ pub fn acquire<N: Nodes>(
                         token,
                         validity_ms,
                         expires_at_ns,
+                        fence,
                     });
                 }
             }
@@ -295,8 +427,13 @@ pub fn acquire<N: Nodes>(
             clean_up(nodes, key, &token, deadline.min(soon), &r.outcomes);
             return Err(Error::Cancelled);
         }
-        if reported.is_none() || r.outcomes.iter().any(|o| *o != Outcome::NoReply) {
-            reported = Some(r.outcomes);
+        // A commit round that failed tells why the attempt failed.
+        let outcomes = match commit.and_then(|c| c.round) {
+            Some(raised) => raised.outcomes,
+            None => r.outcomes,
+        };
+        if reported.is_none() || outcomes.iter().any(|o| *o != Outcome::NoReply) {
+            reported = Some(outcomes);
         }
 
         let now = nodes.now_ns();
@@ -395,6 +532,9 @@ pub fn extend<N: Nodes>(
                 token: lock.token.clone(),
                 validity_ms,
                 expires_at_ns: expires_at_ns(start, ttl_ms),
+                // The fence belongs to the acquire: no successor can have
+                // taken the lock while it stayed valid.
+                fence: lock.fence,
             }),
             _ => lost(1, now >= deadline, r.outcomes),
         },

@@ -6,6 +6,8 @@
 //!   that run before any I/O.
 //! - [`quorum`]: what each node said, and when an outcome becomes certain.
 //! - [`validity`]: the drift allowance and the validity arithmetic.
+//! - [`fence`]: the fence of a granted fenced attempt, and whether it must
+//!   still be committed to a quorum (docs/FENCING.md).
 //! - [`engine`]: acquire, release and extend over the small [`engine::Nodes`]
 //!   trait. No binding types appear here, so all of it compiles and is tested
 //!   natively.
@@ -14,6 +16,7 @@
 //!   `wasi:clocks` and `wasi:random`, and exports `redlock`.
 
 pub mod engine;
+pub mod fence;
 pub mod options;
 pub mod quorum;
 pub mod validity;

@@ -45,6 +45,9 @@ pub struct AcquireOptions {
     pub retry_delay_ms: Option<u32>,
     /// See [`DEFAULT_RETRY_JITTER_MS`].
     pub retry_jitter_ms: Option<u32>,
+    /// Give the lock a fencing token (docs/FENCING.md). Off by default: no
+    /// fence counter is touched and an attempt is one round trip.
+    pub fence: bool,
 }
 
 impl AcquireOptions {
@@ -55,6 +58,7 @@ impl AcquireOptions {
             retry_count: None,
             retry_delay_ms: None,
             retry_jitter_ms: None,
+            fence: false,
         }
     }
 }
@@ -193,6 +197,7 @@ mod tests {
             retry_count: Some(1),
             retry_delay_ms: Some(2),
             retry_jitter_ms: Some(3),
+            fence: false,
         };
         let policy = |count, delay_ms, jitter_ms| RetryPolicy {
             count,

@@ -22,6 +22,9 @@ pub enum Reply {
     Refused,
     /// The node failed; the operation may or may not have taken effect.
     Failed(NodeError),
+    /// A fenced operation took effect, and the key's fence counter on the
+    /// node was this value right after it.
+    Fence(u64),
 }
 
 /// A node's outcome in a round: a reply, or none yet.
@@ -40,7 +43,7 @@ pub enum Outcome {
 impl From<Reply> for Outcome {
     fn from(reply: Reply) -> Self {
         match reply {
-            Reply::Done => Outcome::Done,
+            Reply::Done | Reply::Fence(_) => Outcome::Done,
             Reply::Refused => Outcome::Refused,
             Reply::Failed(e) => Outcome::Failed(e),
         }
@@ -87,7 +90,7 @@ impl Tally {
     pub fn record(&mut self, reply: &Reply) {
         debug_assert!(self.unanswered > 0);
         self.unanswered = self.unanswered.saturating_sub(1);
-        if *reply == Reply::Done {
+        if matches!(reply, Reply::Done | Reply::Fence(_)) {
             self.done += 1;
         }
     }

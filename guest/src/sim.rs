@@ -11,6 +11,11 @@
 //! on one node, any order is possible. [`Sim::new`] gives
 //! every node a fixed latency (half on the way out, half back);
 //! [`Sim::with_network`] draws every delay from a seeded generator.
+//!
+//! Redis nodes also keep fence counters (`lua/set-if-absent-fenced.lua`,
+//! `lua/raise-fence.lua`) with the clock floor on their own clock, which
+//! may be set off the virtual clock; [`Sim::restart`] restarts a node with
+//! or without its data.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -56,6 +61,8 @@ pub enum Kind {
     Set,
     Delete,
     Extend,
+    FencedSet,
+    RaiseFence,
 }
 
 pub struct SimNode {
@@ -65,7 +72,12 @@ pub struct SimNode {
     /// How much faster than the virtual clock this node's clock runs, in
     /// parts per million: keys expire this much early.
     pub expiry_skew_ppm: u64,
+    /// How far this node's wall clock (Redis `TIME`, the fence floor) is
+    /// ahead of the virtual clock; negative: behind.
+    pub clock_offset_ns: i64,
     keys: HashMap<String, (String, u64)>,
+    /// Fence counters, by lock key.
+    fences: HashMap<String, u64>,
     /// Per client (each has its own connection here): when its last command
     /// arrived, and when its last reply got back, for FIFO both ways.
     connections: HashMap<usize, (u64, u64)>,
@@ -88,6 +100,8 @@ pub struct Sent {
     pub token: String,
     /// TTL of a SET or extend; 0 for a delete.
     pub ttl_ms: u64,
+    /// The fence a raise-fence commits; 0 for the others.
+    pub fence: u64,
     pub sent_at: u64,
     /// When the command reaches the node and takes effect.
     pub arrives_at: u64,
@@ -108,6 +122,11 @@ impl Sent {
             Kind::Set => Op::SetIfAbsent { key, token, ttl_ms },
             Kind::Delete => Op::DeleteIfToken { key, token },
             Kind::Extend => Op::ExtendIfToken { key, token, ttl_ms },
+            Kind::FencedSet => Op::SetIfAbsentFenced { key, token, ttl_ms },
+            Kind::RaiseFence => Op::RaiseFence {
+                key,
+                fence: self.fence,
+            },
         }
     }
 }
@@ -186,6 +205,10 @@ pub struct Sim {
     pub log: Vec<Sent>,
     /// Cancellation fires at this instant.
     pub cancel_at: Option<u64>,
+    /// From this instant on, the nodes behave like this: a fault that
+    /// starts in the middle of an operation (a partition between its two
+    /// rounds). Applied by the first command sent at or after it.
+    pub switch: Option<(u64, Vec<Behavior>)>,
     /// The engine's randomness (tokens, jitter).
     rng: u64,
     net: Option<(Network, Rng)>,
@@ -209,7 +232,9 @@ impl Sim {
                 behavior,
                 latency_ns: (i as u64 + 1) * NS_PER_MS,
                 expiry_skew_ppm: 0,
+                clock_offset_ns: 0,
                 keys: HashMap::new(),
+                fences: HashMap::new(),
                 connections: HashMap::new(),
             })
             .collect();
@@ -218,6 +243,7 @@ impl Sim {
             nodes,
             log: Vec::new(),
             cancel_at: None,
+            switch: None,
             rng: 0x9E37_79B9_7F4A_7C15,
             net: None,
             in_flight: BTreeSet::new(),
@@ -261,6 +287,22 @@ impl Sim {
             .insert(key.to_owned(), (token.to_owned(), exp));
     }
 
+    /// Sets node `i`'s fence counter for `key` to `value`.
+    pub fn plant_fence(&mut self, i: usize, key: &str, value: u64) {
+        self.deliver();
+        self.nodes[i].fences.insert(key.to_owned(), value);
+    }
+
+    /// Restarts node `i` now, after applying what reached it: with all its
+    /// data (`appendfsync always`), or empty (no persistence).
+    pub fn restart(&mut self, i: usize, persisted: bool) {
+        self.deliver();
+        if !persisted {
+            self.nodes[i].keys.clear();
+            self.nodes[i].fences.clear();
+        }
+    }
+
     /// Moves the clock on until every command in flight has reached its
     /// node, and applies them.
     pub fn settle(&mut self) {
@@ -279,7 +321,7 @@ impl Sim {
             self.in_flight.pop_first();
             let sent = &self.log[id];
             let node = &mut self.nodes[sent.node as usize];
-            let reply = redis_apply(&mut node.keys, at, node.expiry_skew_ppm, &sent.op());
+            let reply = redis_apply(node, at, &sent.op());
             let holder_after = node.keys.get(&sent.key).map(|(t, _)| t.clone());
             let sent = &mut self.log[id];
             sent.arrived = true;
@@ -313,6 +355,14 @@ impl Sim {
     pub fn send(&mut self, from: Sender, node: u32, op: &Op<'_>) -> SimPending {
         self.deliver();
         let now = self.clock;
+        if let Some((at, _)) = &self.switch
+            && *at <= now
+            && let Some((_, behaviors)) = self.switch.take()
+        {
+            for (n, b) in self.nodes.iter_mut().zip(behaviors) {
+                n.behavior = b;
+            }
+        }
         let (out, back) = self.delays(node as usize);
         let timeout = self.net.as_ref().and_then(|(net, _)| net.node_timeout_ns);
         let id = self.log.len();
@@ -326,6 +376,7 @@ impl Sim {
             *last_reply
         });
         let mut reply = match n.behavior {
+            Behavior::Grant if op.fenced() => Some(Reply::Fence(1)),
             Behavior::Grant => Some(Reply::Done),
             Behavior::Refuse => Some(Reply::Refused),
             Behavior::Fail | Behavior::RedisThenFail => {
@@ -345,10 +396,14 @@ impl Sim {
             (None, None) => None,
         };
         let keeps_keys = n.behavior.keeps_keys();
-        let (kind, key, token, ttl_ms) = match *op {
-            Op::SetIfAbsent { key, token, ttl_ms } => (Kind::Set, key, token, ttl_ms),
-            Op::DeleteIfToken { key, token } => (Kind::Delete, key, token, 0),
-            Op::ExtendIfToken { key, token, ttl_ms } => (Kind::Extend, key, token, ttl_ms),
+        let (kind, key, token, ttl_ms, fence) = match *op {
+            Op::SetIfAbsent { key, token, ttl_ms } => (Kind::Set, key, token, ttl_ms, 0),
+            Op::DeleteIfToken { key, token } => (Kind::Delete, key, token, 0, 0),
+            Op::ExtendIfToken { key, token, ttl_ms } => (Kind::Extend, key, token, ttl_ms, 0),
+            Op::SetIfAbsentFenced { key, token, ttl_ms } => {
+                (Kind::FencedSet, key, token, ttl_ms, 0)
+            }
+            Op::RaiseFence { key, fence } => (Kind::RaiseFence, key, "", 0, fence),
         };
         self.log.push(Sent {
             from,
@@ -357,6 +412,7 @@ impl Sim {
             key: key.to_owned(),
             token: token.to_owned(),
             ttl_ms,
+            fence,
             sent_at: now,
             arrives_at,
             ready_at,
@@ -391,12 +447,18 @@ impl Sim {
     }
 }
 
-fn redis_apply(
-    keys: &mut HashMap<String, (String, u64)>,
-    now: u64,
-    skew_ppm: u64,
-    op: &Op<'_>,
-) -> Reply {
+/// The fence floor of a node whose wall clock reads `now + offset` (ns):
+/// that clock rounded down to the whole second, in microseconds, as
+/// `lua/set-if-absent-fenced.lua` computes it from `TIME`.
+fn fence_floor(now: u64, offset_ns: i64) -> u64 {
+    let wall_ns = now.saturating_add_signed(offset_ns);
+    wall_ns / 1_000_000_000 * 1_000_000
+}
+
+fn redis_apply(node: &mut SimNode, now: u64, op: &Op<'_>) -> Reply {
+    let skew_ppm = node.expiry_skew_ppm;
+    let floor = fence_floor(now, node.clock_offset_ns);
+    let (keys, fences) = (&mut node.keys, &mut node.fences);
     keys.retain(|_, (_, exp)| *exp > now);
     // A node whose clock runs fast expires its keys early.
     let lifetime = |ttl_ms: u64| {
@@ -428,6 +490,23 @@ fn redis_apply(
             }
             _ => Reply::Refused,
         },
+        // lua/set-if-absent-fenced.lua: the compare-and-set, and on a grant
+        // the counter to max(counter + 1, floor).
+        Op::SetIfAbsentFenced { key, token, ttl_ms } => {
+            if keys.get(key).is_some_and(|(t, _)| t != token) {
+                return Reply::Refused;
+            }
+            keys.insert(key.into(), (token.into(), now + lifetime(ttl_ms)));
+            let counter = fences.entry(key.into()).or_default();
+            *counter = (*counter + 1).max(floor);
+            Reply::Fence(*counter)
+        }
+        // lua/raise-fence.lua: never lowers.
+        Op::RaiseFence { key, fence } => {
+            let counter = fences.entry(key.into()).or_default();
+            *counter = (*counter).max(fence);
+            Reply::Fence(*counter)
+        }
     }
 }
 

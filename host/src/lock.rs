@@ -94,6 +94,7 @@ pub struct Lock {
     validity: Duration,
     /// Nanoseconds on the lock core's clock (`sandbox::now_ns`).
     expires_ns: u64,
+    fence: Option<u64>,
 }
 
 impl Lock {
@@ -111,7 +112,16 @@ impl Lock {
             token: token.into(),
             validity: valid_until.saturating_duration_since(Instant::now()),
             expires_ns: sandbox::guest_from_instant(valid_until),
+            fence: None,
         }
+    }
+
+    /// The same lock with its fencing token (for a lock rebuilt with
+    /// [`from_parts`](Self::from_parts) from what another process printed):
+    /// an extend keeps it.
+    pub fn with_fence(mut self, fence: Option<u64>) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// The key as passed to acquire.
@@ -122,6 +132,19 @@ impl Lock {
     /// The random token stored on the nodes (32 hex digits).
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The fencing token, when the lock was acquired with fencing on
+    /// ([`RedlockBuilder::fencing`], [`AcquireOptions::fencing`]); `None`
+    /// otherwise. If one acquire of a key returned before another one
+    /// started, the first one's fence is lower, across the quorum
+    /// (docs/FENCING.md). Send it with every write to the resource the lock
+    /// protects, and have the resource refuse a fence lower than the
+    /// highest it has accepted: a holder that paused past its validity is
+    /// then refused instead of overwriting its successor. An extended lock
+    /// keeps its fence.
+    pub fn fence(&self) -> Option<u64> {
+        self.fence
     }
 
     /// Validity left when acquire / extend returned: TTL minus the time the
@@ -158,6 +181,7 @@ impl Lock {
             token: l.token,
             validity: Duration::from_millis(l.validity_ms),
             expires_ns: l.expires_at,
+            fence: l.fence,
         }
     }
 
@@ -167,6 +191,7 @@ impl Lock {
             token: self.token.clone(),
             validity_ms: u64::try_from(self.validity.as_millis()).unwrap_or(u64::MAX),
             expires_at: self.expires_ns,
+            fence: self.fence,
         }
     }
 }
@@ -178,6 +203,7 @@ impl fmt::Debug for Lock {
             .field("token", &"<redacted>")
             .field("validity", &self.validity)
             .field("remaining", &self.remaining())
+            .field("fence", &self.fence)
             .finish()
     }
 }
@@ -189,6 +215,7 @@ pub struct AcquireOptions {
     retry_count: Option<u32>,
     retry_delay: Option<Duration>,
     retry_jitter: Option<Duration>,
+    fencing: Option<bool>,
     cancel: Option<CancellationToken>,
 }
 
@@ -223,6 +250,13 @@ impl AcquireOptions {
         self
     }
 
+    /// Whether this lock gets a fencing token ([`Lock::fence`]), instead of
+    /// the manager's setting ([`RedlockBuilder::fencing`]).
+    pub fn fencing(mut self, on: bool) -> Self {
+        self.fencing = Some(on);
+        self
+    }
+
     /// A token that cancels the acquire: it then deletes the keys it set
     /// (waiting at most 100 ms for their replies) and returns
     /// [`Error::Cancelled`].
@@ -237,6 +271,7 @@ impl AcquireOptions {
             retry_count: self.retry_count.or(base.retry_count),
             retry_delay: self.retry_delay.or(base.retry_delay),
             retry_jitter: self.retry_jitter.or(base.retry_jitter),
+            fencing: self.fencing.or(base.fencing),
             cancel: self.cancel.or_else(|| base.cancel.clone()),
         }
     }
@@ -331,6 +366,15 @@ impl RedlockBuilder {
     /// Default random extra pause. The default is 150 ms.
     pub fn retry_jitter(mut self, jitter: Duration) -> Self {
         self.defaults.retry_jitter = Some(jitter);
+        self
+    }
+
+    /// Give every lock a fencing token ([`Lock::fence`]; per acquire:
+    /// [`AcquireOptions::fencing`]). The default is off. A fenced acquire
+    /// also raises a counter per key on each node, and needs a second
+    /// round trip when the nodes' counters disagree (docs/FENCING.md).
+    pub fn fencing(mut self, on: bool) -> Self {
+        self.defaults.fencing = Some(on);
         self
     }
 
@@ -584,6 +628,7 @@ impl Redlock {
             retry_count: o.retry_count,
             retry_delay_ms: o.retry_delay.map(ms32),
             retry_jitter_ms: o.retry_jitter.map(ms32),
+            fence: o.fencing,
         };
         in_core!(
             &self.inner,

@@ -149,7 +149,7 @@ pub(crate) fn node_reply(node: &NodeAddr, op: &'static str, reply: &Reply) {
             counter!(NODE_ERRORS, "node" => node.to_string(), "op" => op, "kind" => kind)
                 .increment(1);
         }
-        Reply::Refused if op == "set-if-absent" => {
+        Reply::Refused if op == "set-if-absent" || op == "set-if-absent-fenced" => {
             let _ = CALL.try_with(|t| t.refused.fetch_add(1, Ordering::Relaxed));
         }
         _ => {}

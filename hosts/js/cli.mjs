@@ -1,6 +1,8 @@
 // A small command line over redlock.mjs, printing JSON, for scripts and for
 // the repository's tests (the Python host's cli.py prints the same shapes):
-//   node cli.mjs acquire KEY TTL_MS [BUDGET_MS]   -> {"key","token","validity_ms","expires_at"}
+//   node cli.mjs acquire KEY TTL_MS [BUDGET_MS] [--fence]
+//                                                 -> {"key","token","validity_ms","expires_at","fence"}
+//     fence: the lock's fencing token with --fence, else null.
 //   node cli.mjs release KEY TOKEN [BUDGET_MS]    -> {"released":true}
 //   node cli.mjs cycle KEY N [WITNESS_FILE]       -> {"pairs":N,"p50_ms":...,"p99_ms":...}
 //     N acquire + release pairs in one instance; with WITNESS_FILE, each holder
@@ -13,12 +15,15 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { acquire, release, RedlockError } from './redlock.mjs';
 
-const [cmd, key, arg, budget = '2000'] = process.argv.slice(2);
+const args = process.argv.slice(2);
+const fenced = args.includes('--fence');
+const [cmd, key, arg, budget = '2000'] = args.filter((a) => a !== '--fence');
 const print = (v) => console.log(JSON.stringify(v));
 try {
   if (cmd === 'acquire') {
-    const l = acquire(key, { ttlMs: Number(arg) }, Number(budget));
-    print({ key: l.key, token: l.token, validity_ms: Number(l.validityMs), expires_at: Number(l.expiresAt) });
+    const l = acquire(key, { ttlMs: Number(arg), fence: fenced || undefined }, Number(budget));
+    print({ key: l.key, token: l.token, validity_ms: Number(l.validityMs), expires_at: Number(l.expiresAt),
+      fence: l.fence === undefined ? null : Number(l.fence) });
   } else if (cmd === 'release') {
     release({ key, token: arg, validityMs: 0n, expiresAt: 0n }, Number(budget));
     print({ released: true });

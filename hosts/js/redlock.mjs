@@ -71,10 +71,15 @@ const u64 = (name, v) => {
 /**
  * Takes the lock on `key` for `ttlMs`, within `budgetMs` (required, like a
  * context deadline in the Go original). Returns { key, token, validityMs,
- * expiresAt } (the last two as BigInt).
+ * expiresAt, fence } (the last three as BigInt). With `fence: true` the lock
+ * carries a fencing token (docs/FENCING.md): higher than that of every
+ * earlier holder of the key. Send it with every write to the resource the
+ * lock protects, and have the resource refuse lower ones. Without it,
+ * `fence` is undefined.
  */
-export function acquire(key, { ttlMs, retryCount, retryDelayMs, retryJitterMs } = {}, budgetMs) {
-  const options = { ttlMs: u64('ttlMs', ttlMs ?? 0), retryCount, retryDelayMs, retryJitterMs };
+export function acquire(key, { ttlMs, retryCount, retryDelayMs, retryJitterMs, fence } = {}, budgetMs) {
+  if (fence !== undefined && typeof fence !== 'boolean') throw new TypeError('fence must be a boolean');
+  const options = { ttlMs: u64('ttlMs', ttlMs ?? 0), retryCount, retryDelayMs, retryJitterMs, fence };
   return call(() => core.acquire(key, options, u64('budgetMs', budgetMs)));
 }
 
@@ -99,7 +104,7 @@ export function release(lock, budgetMs) {
   return call(() => core.release(lock, u64('budgetMs', budgetMs)));
 }
 
-/** Extends `lock` to a new TTL; returns the new lock. */
+/** Extends `lock` to a new TTL; returns the new lock (with the same fence). */
 export function extend(lock, ttlMs, budgetMs) {
   return call(() => core.extend(lock, u64('ttlMs', ttlMs), u64('budgetMs', budgetMs)));
 }

@@ -1,6 +1,8 @@
 """A small command line over redlock_wasm, printing JSON, for scripts and the tests.
 
-    python cli.py acquire KEY TTL_MS [BUDGET_MS]   -> {"key", "token", "validity_ms", "expires_at"}
+    python cli.py acquire KEY TTL_MS [BUDGET_MS] [--fence]
+                                                   -> {"key", "token", "validity_ms", "expires_at", "fence"}
+      fence: the lock's fencing token with --fence, else null.
     python cli.py release KEY TOKEN [BUDGET_MS]    -> {"released": true}
     python cli.py cycle KEY N [WITNESS_FILE]       -> {"pairs": N, "p50_ms": ..., "p99_ms": ...}
       N acquire + release pairs in one instance; with WITNESS_FILE, each holder
@@ -61,6 +63,8 @@ def bench(locks: Redlock, prefix: str, n: int, warmup: int) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    fenced = "--fence" in argv
+    argv = [a for a in argv if a != "--fence"]
     if len(argv) < 3 or argv[0] not in ("acquire", "release", "cycle", "bench"):
         print(__doc__, file=sys.stderr)
         return 2
@@ -79,7 +83,7 @@ def main(argv: list[str]) -> int:
         elif cmd == "cycle":
             out = cycle(locks, key, number, argv[3] if len(argv) > 3 else None)
         elif cmd == "acquire":
-            out = dataclasses.asdict(locks.acquire(key, ttl_ms=number, budget_ms=budget))
+            out = dataclasses.asdict(locks.acquire(key, ttl_ms=number, budget_ms=budget, fence=fenced))
         else:
             locks.release(Lock(key=key, token=arg, validity_ms=0, expires_at=0), budget_ms=budget)
             out = {"released": True}

@@ -8,7 +8,7 @@ allowed) and converts values.
 
     from redlock_wasm import Redlock, RedlockError
     locks = Redlock(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
-    lock = locks.acquire("nightly-report", ttl_ms=30_000, budget_ms=2_000)
+    lock = locks.acquire("nightly-report", ttl_ms=30_000, budget_ms=2_000)  # fence=True: lock.fence
     try:
         ...  # the critical section; check locks.is_valid(lock) before each write
     finally:
@@ -48,6 +48,10 @@ class Lock:
     token: str
     validity_ms: int
     expires_at: int
+    # The fencing token when acquired with fence=True (docs/FENCING.md): higher
+    # than that of every earlier holder of the key. Send it with every write to
+    # the resource the lock protects, which refuses lower ones. None otherwise.
+    fence: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -137,10 +141,13 @@ class Redlock:
         return self.now() < lock.expires_at
 
     def acquire(self, key: str, ttl_ms: int, budget_ms: Optional[int], *, retry_count: Optional[int] = None,
-                retry_delay_ms: Optional[int] = None, retry_jitter_ms: Optional[int] = None) -> Lock:
-        """Takes the lock on `key` within `budget_ms` (required, like the Go original's context deadline)."""
+                retry_delay_ms: Optional[int] = None, retry_jitter_ms: Optional[int] = None,
+                fence: bool = False) -> Lock:
+        """Takes the lock on `key` within `budget_ms` (required, like the Go original's context deadline).
+        With `fence=True` the lock carries a fencing token (`Lock.fence`)."""
         options = _record({"ttl-ms": ttl_ms, "retry-count": retry_count,
-                           "retry-delay-ms": retry_delay_ms, "retry-jitter-ms": retry_jitter_ms})
+                           "retry-delay-ms": retry_delay_ms, "retry-jitter-ms": retry_jitter_ms,
+                           "fence": fence or None})
         return _lock(self._call(self._acquire, key, options, budget_ms))
 
     def release(self, lock: Lock, budget_ms: Optional[int] = 1000) -> None:
@@ -148,7 +155,7 @@ class Redlock:
         self._call(self._release, _wit_lock(lock), budget_ms)
 
     def extend(self, lock: Lock, ttl_ms: int, budget_ms: Optional[int]) -> Lock:
-        """A new TTL for a lock still held on a quorum; raises kind "lock-lost" otherwise."""
+        """A new TTL for a lock still held on a quorum (with the same fence); raises kind "lock-lost" otherwise."""
         return _lock(self._call(self._extend, _wit_lock(lock), ttl_ms, budget_ms))
 
     def _call(self, f, *args):
@@ -170,12 +177,12 @@ def _record(fields: dict) -> Record:
 
 def _wit_lock(lock: Lock) -> Record:
     return _record({"key": lock.key, "token": lock.token, "validity-ms": lock.validity_ms,
-                    "expires-at": lock.expires_at})
+                    "expires-at": lock.expires_at, "fence": lock.fence})
 
 
 def _lock(r: Record) -> Lock:
     return Lock(key=r.key, token=r.token, validity_ms=getattr(r, "validity-ms"),
-                expires_at=getattr(r, "expires-at"))
+                expires_at=getattr(r, "expires-at"), fence=r.fence)
 
 
 def _error(v: Variant) -> RedlockError:

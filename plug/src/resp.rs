@@ -126,6 +126,8 @@ fn integer(line: &[u8]) -> Result<i64, ParseError> {
 pub enum Expect {
     /// The compare-and-set/delete/extend scripts: 1 is done, 0 is refused.
     OneOrZero,
+    /// The fenced scripts: a fence counter (> 0) is done, 0 is refused.
+    Fence,
     /// Connection set-up (`AUTH`, `SELECT`): `+OK`.
     Ok,
 }
@@ -135,6 +137,8 @@ pub enum Expect {
 pub enum Meaning {
     Done,
     Refused,
+    /// Done, and the node's fence counter is now this value.
+    Fence(u64),
     /// Redis answered with an error reply.
     RedisError(String),
     /// A well-formed reply no Redis sends to this command.
@@ -147,7 +151,8 @@ pub fn interpret(expect: Expect, value: Value) -> Meaning {
         (_, Value::Error(e)) => Meaning::RedisError(e),
         (Expect::Ok, Value::Simple(s)) if s == "OK" => Meaning::Done,
         (Expect::OneOrZero, Value::Integer(1)) => Meaning::Done,
-        (Expect::OneOrZero, Value::Integer(0)) => Meaning::Refused,
+        (Expect::OneOrZero | Expect::Fence, Value::Integer(0)) => Meaning::Refused,
+        (Expect::Fence, Value::Integer(v)) if v > 0 => Meaning::Fence(v as u64),
         (_, v) => Meaning::Unexpected(format!("unexpected reply {}", short(&v))),
     }
 }
@@ -286,6 +291,13 @@ mod tests {
         assert_eq!(interpret(Expect::OneOrZero, Value::Integer(1)), Done);
         assert_eq!(interpret(Expect::OneOrZero, Value::Integer(0)), Refused);
         assert_eq!(interpret(Expect::Ok, ok()), Done);
+        assert_eq!(interpret(Expect::Fence, Value::Integer(7)), Fence(7));
+        assert_eq!(interpret(Expect::Fence, Value::Integer(0)), Refused);
+        assert!(matches!(
+            interpret(Expect::Fence, Value::Integer(-1)),
+            Unexpected(_)
+        ));
+        assert!(matches!(interpret(Expect::Fence, ok()), Unexpected(_)));
         assert_eq!(
             interpret(Expect::OneOrZero, Value::Error("NOSCRIPT x".into())),
             RedisError("NOSCRIPT x".into())

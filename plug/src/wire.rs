@@ -35,6 +35,14 @@ use crate::resp::{self, Expect};
 const SET_IF_ABSENT: &str = include_str!("../../host/lua/set-if-absent.lua");
 const DELETE_IF_TOKEN: &str = include_str!("../../host/lua/delete-if-token.lua");
 const EXTEND_IF_TOKEN: &str = include_str!("../../host/lua/extend-if-token.lua");
+const SET_IF_ABSENT_FENCED: &str = include_str!("../../host/lua/set-if-absent-fenced.lua");
+const RAISE_FENCE: &str = include_str!("../../host/lua/raise-fence.lua");
+
+/// The key of a lock key's fence counter: `<key>:fence`, as the Rust host
+/// names it (`host/src/node/command.rs`, `fence_key`).
+pub fn fence_key(key: &str) -> String {
+    format!("{key}:fence")
+}
 
 /// Which operation a command carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +53,10 @@ pub enum Kind {
     DeleteIfToken,
     /// `extend-if-token`.
     ExtendIfToken,
+    /// `set-if-absent-fenced`.
+    SetIfAbsentFenced,
+    /// `raise-fence`.
+    RaiseFence,
     /// Connection set-up (`AUTH`, `SELECT`).
     Setup,
 }
@@ -53,14 +65,17 @@ impl Kind {
     /// True when the command may be sent once more, on a new connection,
     /// after the one it went out on died before answering.
     pub fn may_resend(self) -> bool {
-        matches!(self, Kind::DeleteIfToken | Kind::ExtendIfToken)
+        matches!(
+            self,
+            Kind::DeleteIfToken | Kind::ExtendIfToken | Kind::RaiseFence
+        )
     }
 
     /// True when the command is dropped, unsent, once its request has timed
     /// out: its caller has counted it as failed and may have cleaned up
     /// after it already.
     pub fn dropped_when_late(self) -> bool {
-        matches!(self, Kind::SetIfAbsent)
+        matches!(self, Kind::SetIfAbsent | Kind::SetIfAbsentFenced)
     }
 }
 
@@ -126,6 +141,37 @@ pub fn extend_if_token(key: &str, token: &str, ttl_ms: u64) -> Command {
     command(&args, Expect::OneOrZero, Kind::ExtendIfToken)
 }
 
+/// The fenced compare-and-set script: the new fence counter (> 0) when the
+/// key was free or already ours, 0 when anything else holds it.
+pub fn set_if_absent_fenced(key: &str, token: &str, ttl_ms: u64) -> Command {
+    let ttl = ttl_ms.to_string();
+    let counter = fence_key(key);
+    let args: [&[u8]; 7] = [
+        b"EVAL",
+        SET_IF_ABSENT_FENCED.as_bytes(),
+        b"2",
+        key.as_bytes(),
+        counter.as_bytes(),
+        token.as_bytes(),
+        ttl.as_bytes(),
+    ];
+    command(&args, Expect::Fence, Kind::SetIfAbsentFenced)
+}
+
+/// The raise-fence script: the counter after it, at least `fence`.
+pub fn raise_fence(key: &str, fence: u64) -> Command {
+    let fence = fence.to_string();
+    let counter = fence_key(key);
+    let args: [&[u8]; 5] = [
+        b"EVAL",
+        RAISE_FENCE.as_bytes(),
+        b"1",
+        counter.as_bytes(),
+        fence.as_bytes(),
+    ];
+    command(&args, Expect::Fence, Kind::RaiseFence)
+}
+
 /// `AUTH [user] password`.
 pub fn auth(user: Option<&str>, password: &str) -> Command {
     let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -148,10 +194,18 @@ mod tests {
 
     #[test]
     fn a_set_is_never_sent_twice_and_never_late() {
-        let set = set_if_absent("k", "t", 1000);
-        assert!(!set.kind.may_resend());
-        assert!(set.kind.dropped_when_late());
-        for c in [delete_if_token("k", "t"), extend_if_token("k", "t", 1000)] {
+        for set in [
+            set_if_absent("k", "t", 1000),
+            set_if_absent_fenced("k", "t", 1000),
+        ] {
+            assert!(!set.kind.may_resend(), "{:?}", set.kind);
+            assert!(set.kind.dropped_when_late(), "{:?}", set.kind);
+        }
+        for c in [
+            delete_if_token("k", "t"),
+            extend_if_token("k", "t", 1000),
+            raise_fence("k", 7),
+        ] {
             assert!(c.kind.may_resend(), "{:?}", c.kind);
             assert!(!c.kind.dropped_when_late(), "{:?}", c.kind);
         }
@@ -174,6 +228,22 @@ mod tests {
         assert!(del.bytes.ends_with(b"$1\r\n1\r\n$1\r\nk\r\n$1\r\nt\r\n"));
         assert_eq!(del.expect, Expect::OneOrZero);
         assert!(extend_if_token("k", "t", 9).bytes.ends_with(b"$1\r\n9\r\n"));
+        let fenced = set_if_absent_fenced("k", "t", 30);
+        assert!(fenced.bytes.starts_with(b"*7\r\n$4\r\nEVAL\r\n"));
+        assert!(
+            fenced
+                .bytes
+                .ends_with(b"$1\r\n2\r\n$1\r\nk\r\n$7\r\nk:fence\r\n$1\r\nt\r\n$2\r\n30\r\n")
+        );
+        assert_eq!(fenced.expect, Expect::Fence);
+        let raise = raise_fence("k", 12);
+        assert!(raise.bytes.starts_with(b"*5\r\n$4\r\nEVAL\r\n"));
+        assert!(
+            raise
+                .bytes
+                .ends_with(b"$1\r\n1\r\n$7\r\nk:fence\r\n$2\r\n12\r\n")
+        );
+        assert_eq!(raise.expect, Expect::Fence);
         assert_eq!(
             &*auth(Some("u"), "p").bytes,
             b"*3\r\n$4\r\nAUTH\r\n$1\r\nu\r\n$1\r\np\r\n"

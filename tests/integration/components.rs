@@ -445,6 +445,8 @@ async fn script_host_excludes_the_rust_host(host: ScriptHost) {
     let (code, out) = host.cli(&nodes, &["release", &k, &token]).await;
     assert_eq!((code, &out["released"]), (0, &serde_json::json!(true)));
     let held = rust.acquire(&k, Duration::from_secs(2)).await.unwrap();
+    // The acquire returned at quorum: let the last node's SET land first.
+    rust.settle(Duration::from_secs(1)).await;
     // Usually 3; 2 when the release above left its key on a node: a one-shot
     // process exits once a quorum confirmed, and a delete still queued behind
     // a connect dies with it (the README says so).
@@ -1051,6 +1053,7 @@ impl Portable {
             ),
             ("retry-delay-ms".into(), Val::Option(None)),
             ("retry-jitter-ms".into(), Val::Option(None)),
+            ("fence".into(), Val::Option(None)),
         ]);
         let budget = Val::Option(Some(Box::new(Val::U64(budget_ms))));
         let f = self.acquire;
@@ -1592,4 +1595,88 @@ fn wasmtime_cli_with_a_name_that_never_resolves() {
         "{printed}"
     );
     assert!(took <= within(1_500), "{took:?} (start-up {startup:?})");
+}
+
+/// Every host of the portable component gets fences from the same counters as the Rust host, each higher than the last.
+///
+/// One key, in turn: the Rust host, the wasmtime CLI (`fence: some(true)`),
+/// Node.js and Python (`--fence`), the Rust host again; each acquires with
+/// fencing and releases. The plug names the counter as the Rust host does
+/// (`<key>:fence`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_host_fences_on_the_same_counters() {
+    let c = Cluster::start(3);
+    let nodes = c.urls();
+    let rust = Redlock::builder()
+        .nodes(nodes.clone())
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(500))
+        .fencing(true)
+        .build()
+        .unwrap();
+    let k = key("portable-fences");
+    let mut fences = Vec::new();
+    let lock = rust.acquire(&k, Duration::from_secs(2)).await.unwrap();
+    fences.push(lock.fence().unwrap());
+    rust.release(&lock).await.unwrap();
+
+    let printed = invoke(
+        &nodes,
+        &format!(r#"acquire("{k}", {{ttl-ms: 10000, fence: some(true)}}, some(2000))"#),
+    )
+    .await;
+    let at = printed
+        .find("fence: some(")
+        .unwrap_or_else(|| panic!("no fence in {printed}"))
+        + 12;
+    let digits: String = printed[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    fences.push(digits.parse().unwrap());
+    let token = token_of(&printed);
+    let release = format!(
+        r#"release({{key: "{k}", token: "{token}", validity-ms: 0, expires-at: 0}}, some(2000))"#
+    );
+    assert_eq!(invoke(&nodes, &release).await, "ok");
+
+    for host in [ScriptHost::Node, ScriptHost::Python] {
+        let (code, lock) = host.cli(&nodes, &["acquire", &k, "10000", "--fence"]).await;
+        assert_eq!(code, 0, "{host:?}: {lock}");
+        fences.push(
+            lock["fence"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{host:?}: {lock}")),
+        );
+        let token = lock["token"].as_str().unwrap();
+        let (code, out) = host.cli(&nodes, &["release", &k, token]).await;
+        assert_eq!(code, 0, "{host:?}: {out}");
+        let (_, plain) = host.cli(&nodes, &["acquire", &k, "10000"]).await;
+        assert_eq!(
+            plain["fence"],
+            serde_json::Value::Null,
+            "{host:?}: no fence unless asked"
+        );
+        let token = plain["token"].as_str().unwrap();
+        host.cli(&nodes, &["release", &k, token]).await;
+    }
+    eventually(
+        "a quorum holds the last fence under the Rust host's name",
+        || {
+            let last = fences.last().unwrap().to_string();
+            c.nodes
+                .iter()
+                .filter(|n| n.get(&format!("{k}:fence")).as_deref() == Some(&last))
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    let lock = rust.acquire(&k, Duration::from_secs(2)).await.unwrap();
+    fences.push(lock.fence().unwrap());
+    rust.release(&lock).await.unwrap();
+    assert!(
+        fences.windows(2).all(|w| w[0] < w[1]),
+        "Rust, wasmtime CLI, Node.js, Python, Rust: {fences:?}"
+    );
 }

@@ -9,6 +9,7 @@ mod components;
 mod defaults;
 mod doctor;
 mod faults;
+mod fencing;
 mod guard;
 mod hostile;
 mod input;

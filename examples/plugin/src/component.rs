@@ -34,6 +34,7 @@ impl Guest for Plugin {
             retry_count: None,
             retry_delay_ms: None,
             retry_jitter_ms: None,
+            fence: None,
         };
         let mut lock =
             rl::acquire(&key, options, Some(ACQUIRE_BUDGET_MS)).map_err(|e| describe(&key, e))?;

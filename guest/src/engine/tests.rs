@@ -5,6 +5,7 @@ use crate::sim::{Behavior, Kind, Sim};
 use crate::validity::drift_ms;
 
 mod delays;
+mod fences;
 
 const MS: u64 = NS_PER_MS;
 const ALL: [Behavior; 4] = [
@@ -152,6 +153,7 @@ fn release_and_extend_need_a_quorum_for_every_combination_up_to_7_nodes() {
                 token: "t".into(),
                 validity_ms: 5_000,
                 expires_at_ns: sim.clock + 5_000 * MS,
+                fence: None,
             };
             let r = extend(&mut sim, &lock, 10_000, Some(100));
             assert_eq!(r.is_ok(), grants >= q, "extend {behaviors:?}");

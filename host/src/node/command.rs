@@ -1,7 +1,7 @@
-//! The three Redlock commands: their wire form (EVALSHA of a Lua script, or
-//! EVAL where the server refused to load scripts), what their replies mean,
-//! and how redis-rs errors become what the guest sees. The one place host
-//! errors are converted.
+//! The Redlock commands (the three of the lock, two more for fences): their
+//! wire form (EVALSHA of a Lua script, or EVAL where the server refused to
+//! load scripts), what their replies mean, and how redis-rs errors become
+//! what the guest sees. The one place host errors are converted.
 
 use redis::{RedisError, Script, Value};
 
@@ -19,29 +19,55 @@ pub(super) const EXTEND_IF_TOKEN: &str = include_str!("../../lua/extend-if-token
 /// token (a retry finding its own earlier SET counts as granted).
 pub(super) const SET_IF_ABSENT: &str = include_str!("../../lua/set-if-absent.lua");
 
+/// Compare-and-set that, when it grants, also raises the key's fence
+/// counter and answers with it (docs/FENCING.md).
+pub(super) const SET_IF_ABSENT_FENCED: &str = include_str!("../../lua/set-if-absent-fenced.lua");
+
+/// Commits a fence: the counter to at least the fence, never lower.
+pub(super) const RAISE_FENCE: &str = include_str!("../../lua/raise-fence.lua");
+
+/// The key of a lock key's fence counter (both as stored in Redis, prefix
+/// included): `<key>:fence`. A lock key with a Redis Cluster hash tag
+/// (`{invoice:42}`) shares its slot with its counter. The plug
+/// (`plug/src/wire.rs`) follows the same rule.
+pub(crate) fn fence_key(key: &str) -> String {
+    format!("{key}:fence")
+}
+
 /// The scripts' SHA1 digests, computed once per context.
 pub(super) struct Scripts {
     set: String,
     delete: String,
     extend: String,
+    set_fenced: String,
+    raise_fence: String,
 }
 
 impl Scripts {
     /// The scripts' text, in the order loaded.
-    pub(super) fn texts() -> [&'static str; 3] {
-        [SET_IF_ABSENT, DELETE_IF_TOKEN, EXTEND_IF_TOKEN]
+    pub(super) fn texts() -> [&'static str; 5] {
+        [
+            SET_IF_ABSENT,
+            DELETE_IF_TOKEN,
+            EXTEND_IF_TOKEN,
+            SET_IF_ABSENT_FENCED,
+            RAISE_FENCE,
+        ]
     }
 
     pub(super) fn new() -> Self {
+        let sha = |text| Script::new(text).get_hash().to_owned();
         Self {
-            set: Script::new(SET_IF_ABSENT).get_hash().to_owned(),
-            delete: Script::new(DELETE_IF_TOKEN).get_hash().to_owned(),
-            extend: Script::new(EXTEND_IF_TOKEN).get_hash().to_owned(),
+            set: sha(SET_IF_ABSENT),
+            delete: sha(DELETE_IF_TOKEN),
+            extend: sha(EXTEND_IF_TOKEN),
+            set_fenced: sha(SET_IF_ABSENT_FENCED),
+            raise_fence: sha(RAISE_FENCE),
         }
     }
 }
 
-/// One of the three Redlock operations, with the key as stored in Redis.
+/// One of the Redlock operations, with the key as stored in Redis.
 pub(crate) enum Command {
     SetIfAbsent {
         key: String,
@@ -57,6 +83,17 @@ pub(crate) enum Command {
         token: String,
         ttl_ms: u64,
     },
+    /// `key` is the lock key; the counter is [`fence_key`] of it.
+    SetIfAbsentFenced {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    },
+    /// `key` is the lock key; the counter is [`fence_key`] of it.
+    RaiseFence {
+        key: String,
+        fence: u64,
+    },
 }
 
 impl Command {
@@ -64,7 +101,10 @@ impl Command {
     /// compare-and-delete or compare-and-extend, never a SET (it could
     /// land after the cleanup delete that the new connection carries).
     pub(super) fn may_resend(&self) -> bool {
-        !matches!(self, Command::SetIfAbsent { .. })
+        !matches!(
+            self,
+            Command::SetIfAbsent { .. } | Command::SetIfAbsentFenced { .. }
+        )
     }
 
     /// Whether it takes or keeps a key (a SET or an extend), as opposed to
@@ -78,15 +118,28 @@ impl Command {
             Command::SetIfAbsent { .. } => "set-if-absent",
             Command::DeleteIfToken { .. } => "delete-if-token",
             Command::ExtendIfToken { .. } => "extend-if-token",
+            Command::SetIfAbsentFenced { .. } => "set-if-absent-fenced",
+            Command::RaiseFence { .. } => "raise-fence",
         }
     }
 
+    /// The lock key it is about.
     pub(super) fn key(&self) -> &str {
         match self {
             Command::SetIfAbsent { key, .. }
             | Command::DeleteIfToken { key, .. }
-            | Command::ExtendIfToken { key, .. } => key,
+            | Command::ExtendIfToken { key, .. }
+            | Command::SetIfAbsentFenced { key, .. }
+            | Command::RaiseFence { key, .. } => key,
         }
+    }
+
+    /// True for the commands whose reply is a fence counter.
+    fn fenced(&self) -> bool {
+        matches!(
+            self,
+            Command::SetIfAbsentFenced { .. } | Command::RaiseFence { .. }
+        )
     }
 
     /// Appends the command to `pipe`: EVALSHA of its script once the
@@ -96,6 +149,8 @@ impl Command {
             Command::SetIfAbsent { .. } => (&scripts.set, SET_IF_ABSENT),
             Command::DeleteIfToken { .. } => (&scripts.delete, DELETE_IF_TOKEN),
             Command::ExtendIfToken { .. } => (&scripts.extend, EXTEND_IF_TOKEN),
+            Command::SetIfAbsentFenced { .. } => (&scripts.set_fenced, SET_IF_ABSENT_FENCED),
+            Command::RaiseFence { .. } => (&scripts.raise_fence, RAISE_FENCE),
         };
         let cmd = if loaded {
             pipe.cmd("EVALSHA").arg(sha.as_str())
@@ -110,6 +165,16 @@ impl Command {
             Command::DeleteIfToken { key, token } => {
                 cmd.arg(1).arg(key).arg(token);
             }
+            Command::SetIfAbsentFenced { key, token, ttl_ms } => {
+                cmd.arg(2)
+                    .arg(key)
+                    .arg(fence_key(key))
+                    .arg(token)
+                    .arg(*ttl_ms);
+            }
+            Command::RaiseFence { key, fence } => {
+                cmd.arg(1).arg(fence_key(key)).arg(*fence);
+            }
         }
     }
 
@@ -117,8 +182,10 @@ impl Command {
     /// scripts (SCRIPT FLUSH), send it again as EVAL.
     pub(super) fn meaning(&self, value: Value) -> Option<Reply> {
         Some(match value {
-            Value::Okay | Value::Int(1) => Reply::Done,
-            Value::SimpleString(s) if s == "OK" => Reply::Done,
+            // A fence counter: at least the node's clock in µs, never 0.
+            Value::Int(v) if v > 0 && self.fenced() => Reply::Fence(v as u64),
+            Value::Okay | Value::Int(1) if !self.fenced() => Reply::Done,
+            Value::SimpleString(s) if s == "OK" && !self.fenced() => Reply::Done,
             Value::Nil | Value::Int(0) => Reply::Refused,
             Value::ServerError(e) if e.code() == "NOSCRIPT" => return None,
             Value::ServerError(e) => Reply::Failed(NodeError::Redis(match e.details() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, Value};
 
-use super::command::{DELETE_IF_TOKEN, EXTEND_IF_TOKEN, SET_IF_ABSENT, breaks_connection};
+use super::command::{Scripts, breaks_connection};
 use crate::addr::NodeAddr;
 use crate::bindings::node::{NodeError, Reply};
 
@@ -96,23 +96,19 @@ impl Server {
         // text (EVAL). In the same round trip: the server's identity, so
         // that one server behind two URLs (`localhost` and `127.0.0.1`)
         // never counts twice.
-        let replies = redis::pipe()
-            .ignore_errors()
-            .cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(SET_IF_ABSENT)
-            .cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(DELETE_IF_TOKEN)
-            .cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(EXTEND_IF_TOKEN)
+        let texts = Scripts::texts();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for text in texts {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(text);
+        }
+        let replies = pipe
             .cmd("INFO")
             .arg("server")
             .query_async::<Vec<redis::RedisResult<Value>>>(&mut c)
             .await?;
-        let mut scripts_loaded = replies.len() == 4;
-        for r in &replies[..3.min(replies.len())] {
+        let mut scripts_loaded = replies.len() == texts.len() + 1;
+        for r in &replies[..texts.len().min(replies.len())] {
             if let Err(e) = r {
                 if breaks_connection(e) {
                     return Err(e.clone());
@@ -121,7 +117,7 @@ impl Server {
                 scripts_loaded = false;
             }
         }
-        match replies.get(3) {
+        match replies.get(texts.len()) {
             Some(Ok(info)) => self.register_server(info),
             // An ACL user without INFO: the server cannot be told apart.
             other => tracing::debug!(node = %self.addr, reply = ?other, "INFO server refused"),

@@ -297,7 +297,7 @@ impl Driver {
             for text in Scripts::texts() {
                 pipe.cmd("SCRIPT").arg("LOAD").arg(text);
             }
-            skip = 3;
+            skip = Scripts::texts().len();
         }
         for job in &jobs {
             job.cmd

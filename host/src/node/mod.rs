@@ -323,6 +323,28 @@ impl node::Host for RedisNode<'_> {
         self.pending(node, Command::ExtendIfToken { key, token, ttl_ms })
     }
 
+    fn set_if_absent_fenced(
+        &mut self,
+        node: u32,
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Resource<PendingReply>> {
+        let key = self.ctx.prefixed(key);
+        crate::metrics::set_sent();
+        self.pending(node, Command::SetIfAbsentFenced { key, token, ttl_ms })
+    }
+
+    fn raise_fence(
+        &mut self,
+        node: u32,
+        key: String,
+        fence: u64,
+    ) -> wasmtime::Result<Resource<PendingReply>> {
+        let key = self.ctx.prefixed(key);
+        self.pending(node, Command::RaiseFence { key, fence })
+    }
+
     fn cancellation(&mut self) -> wasmtime::Result<Option<Resource<DynPollable>>> {
         let Some(token) = self.cancel else {
             return Ok(None);

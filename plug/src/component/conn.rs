@@ -365,6 +365,7 @@ impl Conn {
                 (Expect::Ok, Meaning::RedisError(e)) => break Err(NodeError::Redis(e)),
                 (_, Meaning::Done) => f.slot.set(Reply::Done),
                 (_, Meaning::Refused) => f.slot.set(Reply::Refused),
+                (_, Meaning::Fence(v)) => f.slot.set(Reply::Fence(v)),
                 (_, Meaning::RedisError(e)) => f.slot.set(Reply::Failed(NodeError::Redis(e))),
                 (_, Meaning::Unexpected(m)) => {
                     let m = format!("{m} from {}", self.label);

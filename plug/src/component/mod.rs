@@ -200,6 +200,19 @@ impl api::Guest for Component {
         request(node, wire::extend_if_token(&key, &token, ttl_ms))
     }
 
+    fn set_if_absent_fenced(
+        node: u32,
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    ) -> api::PendingReply {
+        request(node, wire::set_if_absent_fenced(&key, &token, ttl_ms))
+    }
+
+    fn raise_fence(node: u32, key: String, fence: u64) -> api::PendingReply {
+        request(node, wire::raise_fence(&key, fence))
+    }
+
     fn cancellation() -> Option<Pollable> {
         // Nothing outside can cancel a call here. (A never-ready clock
         // pollable would cost a timer per call under jco's Node.js shim,

@@ -101,3 +101,51 @@ pub fn check(windows: Vec<Window>) -> Vec<Overlap> {
     }
     found
 }
+
+/// One successful fenced acquire: when its call started and returned, and
+/// its fence.
+#[derive(Debug, Clone, Copy)]
+pub struct Fenced {
+    pub client: usize,
+    pub start: Instant,
+    pub returned: Instant,
+    pub fence: u64,
+}
+
+/// Two fenced acquires out of order: `first` returned before `second`
+/// started, and its fence is not lower (docs/FENCING.md).
+#[derive(Debug, Clone, Copy)]
+pub struct FenceViolation {
+    pub first: Fenced,
+    pub second: Fenced,
+}
+
+/// The fence checker: for each acquire, the highest fence among those that
+/// returned before it started must be lower than its own. Reports each
+/// acquire that breaks it once, against that highest one. O(n log n), so it
+/// also runs over a soak's history.
+pub fn fence_violations(history: &[Fenced]) -> Vec<FenceViolation> {
+    let mut by_return = history.to_vec();
+    by_return.sort_by_key(|f| f.returned);
+    let mut by_start = history.to_vec();
+    by_start.sort_by_key(|f| f.start);
+    let mut found = Vec::new();
+    let mut highest: Option<Fenced> = None;
+    let mut next = by_return.iter().peekable();
+    for b in by_start {
+        while let Some(a) = next.next_if(|a| a.returned < b.start) {
+            if highest.is_none_or(|h| a.fence > h.fence) {
+                highest = Some(*a);
+            }
+        }
+        if let Some(a) = highest
+            && a.fence >= b.fence
+        {
+            found.push(FenceViolation {
+                first: a,
+                second: b,
+            });
+        }
+    }
+    found
+}

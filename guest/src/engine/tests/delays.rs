@@ -171,6 +171,7 @@ fn check_acquire(c: &Call<'_>, ctx: &dyn Display) -> Seen {
                 token: token.clone(),
                 validity_ms,
                 expires_at_ns: expires_at,
+                fence: None,
             };
             assert_eq!(*lock, want, "{ctx}: attempt {attempt}");
             assert_eq!(c.returned_at, at, "{ctx}: decided at the quorum-th grant");
@@ -266,6 +267,7 @@ fn random_options(rng: &mut Rng) -> (AcquireOptions, u64) {
         retry_count: Some(1 + rng.up_to(4) as u32),
         retry_delay_ms: Some(rng.up_to(20) as u32),
         retry_jitter_ms: Some(rng.up_to(20) as u32),
+        fence: false,
     };
     (opts, 60 + rng.up_to(540))
 }

@@ -143,6 +143,13 @@ pub struct LockArgs {
     /// 0s makes one attempt.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub wait: Duration,
+    /// Give the lock a fencing token, a number higher than that of every
+    /// earlier holder of the key (docs/FENCING.md): `run` gives it to the
+    /// command as REDLOCK_FENCE, `acquire --json` prints it as "fence".
+    /// Pass it with every write to the resource the lock protects, and
+    /// have the resource refuse lower ones.
+    #[arg(long)]
+    pub fence: bool,
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +176,7 @@ pub struct RunArgs {
 pub struct AcquireArgs {
     #[command(flatten)]
     pub lock: LockArgs,
-    /// Print key, token and validity_ms as JSON.
+    /// Print key, token and validity_ms (and with --fence, fence) as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -108,11 +108,14 @@ async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
                 .await
                 .map_err(Failure::from_lock_error)?;
             if a.json {
-                let out = serde_json::json!({
+                let mut out = serde_json::json!({
                     "key": lock.key(),
                     "token": lock.token(),
                     "validity_ms": lock.validity().as_millis() as u64,
                 });
+                if let Some(fence) = lock.fence() {
+                    out["fence"] = fence.into();
+                }
                 println!("{out}");
             } else {
                 println!("{}", lock.token());
@@ -162,6 +165,7 @@ pub(crate) async fn acquire(
     l: &LockArgs,
     options: AcquireOptions,
 ) -> Result<Lock, Error> {
+    let options = options.fencing(l.fence);
     if l.wait.is_zero() {
         let budget = (l.nodes.node_timeout * 4).max(Duration::from_secs(1));
         r.acquire_with(&l.key, budget, options.retry_count(0)).await

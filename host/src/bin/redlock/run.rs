@@ -102,6 +102,7 @@ pub async fn run(a: RunArgs) -> Result<Exit, Failure> {
     tracing::info!(
         key = %l.key,
         validity = ?lock.validity(),
+        fence = ?lock.fence(),
         valid_until_unix_ms = unix_ms(lock.valid_until()),
         "lock acquired"
     );
@@ -226,6 +227,11 @@ impl<'a> Supervisor<'a> {
             cmd.arg("--foreground");
         }
         cmd.arg("--").args(&a.command);
+        // The fence for the job's writes; never one of an outer run.
+        match lock.fence() {
+            Some(fence) => cmd.env("REDLOCK_FENCE", fence.to_string()),
+            None => cmd.env_remove("REDLOCK_FENCE"),
+        };
         // Its own group: a terminal's signals reach redlock (or the job),
         // never the watchdog.
         cmd.process_group(0);
