@@ -1,6 +1,7 @@
 //! Mutual exclusion under real faults: 16+ clients on 5 nodes, each client
 //! recording what it believed, a checker looking for overlaps, a witness
-//! counter looking for lost updates.
+//! counter looking for lost updates. Every lock is fenced, and a second
+//! checker looks for fences out of real-time order (docs/FENCING.md).
 //!
 //! Quick by default (about 2 s per scenario). The soak runs each for
 //! `REDLOCK_SOAK_SECS` (default 60) and prints a table:
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use redlock_wasm::local::LocalNode;
 use redlock_wasm::{Error, Redlock};
 
-use crate::support::history::{History, check};
+use crate::support::history::{Fenced, History, check, fence_violations};
 use crate::support::proxy::{Mode, Proxy};
 use crate::support::{Cluster, Inspect, key};
 
@@ -28,6 +29,11 @@ const WAIT: Duration = Duration::from_millis(400);
 const SLACK: Duration = Duration::from_millis(300);
 /// Clients that sometimes pause past their validity (in that scenario).
 const PAUSERS: usize = 4;
+/// How long a node that restarts without persistence stays down: longer
+/// than the TTL (the lock's rule) and than 1 s (the fence counter's: the
+/// clock floor re-seeds a lost counter above every earlier fence only after
+/// a second, docs/FENCING.md).
+const RESTART_AFTER: Duration = Duration::from_millis(1_100);
 
 /// The nodes, and two groups of proxies in front of them (group g serves
 /// clients with index % 2 == g), so a partition can differ per group.
@@ -97,7 +103,8 @@ impl Env {
     }
 
     /// Keys, on the nodes that run, whose token no successful acquire
-    /// returned: what failed acquires left behind.
+    /// returned: what failed acquires left behind. Fence counters
+    /// (`<key>:fence`) stay by design and do not count.
     fn left_by_failed_acquires(&self, granted: &std::collections::HashSet<String>) -> i64 {
         let mut left = 0;
         for n in &self.nodes {
@@ -106,8 +113,8 @@ impl Env {
                 continue;
             }
             let keys: Vec<String> = n.cmd(&["KEYS", "*"]).unwrap();
-            for k in keys {
-                if n.get(&k).is_some_and(|token| !granted.contains(&token)) {
+            for k in keys.iter().filter(|k| !k.ends_with(":fence")) {
+                if n.get(k).is_some_and(|token| !granted.contains(&token)) {
                     left += 1;
                 }
             }
@@ -122,6 +129,7 @@ impl Env {
             .node_timeout(NODE_TIMEOUT)
             .retry_delay(Duration::from_millis(5))
             .retry_jitter(Duration::from_millis(20))
+            .fencing(true)
             .build()
             .unwrap()
     }
@@ -145,6 +153,9 @@ pub struct Report {
     pub keys_left: i64,
     /// Successful acquires of every client, pausers included.
     pub granted: usize,
+    /// Fenced acquires that returned before another started with a fence
+    /// not lower than theirs.
+    pub fences_out_of_order: usize,
 }
 
 #[derive(Default)]
@@ -159,6 +170,8 @@ struct Stats {
     /// Tokens of every successful acquire: a key holding any other token
     /// was left by a failed one.
     tokens: Mutex<std::collections::HashSet<String>>,
+    /// Every successful acquire's start, return and fence.
+    fences: Mutex<Vec<Fenced>>,
 }
 
 impl Stats {
@@ -187,8 +200,14 @@ async fn client(
         let res = r.acquire(&k, deadline).await;
         stats.finished(deadline);
         let Ok(lock) = res else { continue };
-        stats.tokens.lock().unwrap().insert(lock.token().to_owned());
         let got = Instant::now();
+        stats.tokens.lock().unwrap().insert(lock.token().to_owned());
+        stats.fences.lock().unwrap().push(Fenced {
+            client: id,
+            start: started,
+            returned: got,
+            fence: lock.fence().expect("every lock is fenced"),
+        });
         stats.latencies.lock().unwrap().push(got - started);
         history.hold(id, &k, lock.token(), got, lock.valid_until());
 
@@ -280,6 +299,7 @@ pub async fn scenario(
     }
     let keys_left = env.left_by_failed_acquires(&stats.tokens.lock().unwrap());
     let granted = stats.tokens.lock().unwrap().len();
+    let fences_out_of_order = fence_violations(&stats.fences.lock().unwrap()).len();
     let mut lat = stats.latencies.lock().unwrap().clone();
     lat.sort_unstable();
     let p99 = lat
@@ -300,6 +320,7 @@ pub async fn scenario(
         late_extends_lost: stats.late_extends_lost.load(Ordering::SeqCst),
         keys_left,
         granted,
+        fences_out_of_order,
     }
 }
 
@@ -328,13 +349,13 @@ pub fn matrix() -> Vec<(&'static str, Vec<&'static str>, Fault)> {
             }),
         ),
         (
-            "2 killed, restarted after max TTL",
+            "2 killed, restarted after max TTL (and 1 s)",
             vec![],
             fault(|env, run| async move {
                 sleep(run / 4).await;
                 env.kill(0);
                 env.kill(3);
-                sleep(TTL + Duration::from_millis(100)).await;
+                sleep(RESTART_AFTER).await;
                 env.restart(0);
                 env.restart(3);
             }),
@@ -381,8 +402,12 @@ pub fn matrix() -> Vec<(&'static str, Vec<&'static str>, Fault)> {
             "rolling restart, delayed",
             vec![],
             fault(|env, run| async move {
-                let step = (run / NODES as u32).max(TTL + Duration::from_millis(50));
+                let step = (run / NODES as u32).max(RESTART_AFTER);
+                let started = Instant::now();
                 for n in 0..NODES {
+                    if started.elapsed() >= run {
+                        break;
+                    }
                     env.kill(n);
                     sleep(step).await;
                     env.restart(n);
@@ -434,6 +459,11 @@ pub fn matrix() -> Vec<(&'static str, Vec<&'static str>, Fault)> {
 
 fn assert_safe(r: &Report) {
     assert_eq!(r.overlaps, 0, "{}: overlapping holders: {r:?}", r.name);
+    assert_eq!(
+        r.fences_out_of_order, 0,
+        "{}: fences out of real-time order: {r:?}",
+        r.name
+    );
     assert_eq!(r.lost_updates, 0, "{}: lost updates: {r:?}", r.name);
     // Progress counts every client: in "holders pause past validity" the
     // pausers' holds can take most of a short run.
@@ -455,16 +485,17 @@ fn assert_safe(r: &Report) {
 
 pub fn table(reports: &[Report]) -> String {
     let mut out = String::from(
-        "| scenario | operations | acquisitions | faults injected | overlaps | lost updates | p99 acquire (incl. waiting for the holder) | max overrun of a deadline | keys left by failed acquires |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | operations | acquisitions | faults injected | overlaps | fences out of order | lost updates | p99 acquire (incl. waiting for the holder) | max overrun of a deadline | keys left by failed acquires |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms | {} |\n",
             r.name,
             r.ops,
             r.acquired,
             r.faults,
             r.overlaps,
+            r.fences_out_of_order,
             r.lost_updates,
             r.p99.as_secs_f64() * 1e3,
             r.max_overrun.as_secs_f64() * 1e3,
