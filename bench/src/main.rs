@@ -148,6 +148,7 @@ struct Bench {
 
 async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
+    let load_start = report::loadavg();
     let root = workspace_root()?;
     let cluster = LocalCluster::start(5).context("start 5 local redis-server nodes")?;
     let urls = cluster.urls();
@@ -183,7 +184,8 @@ async fn run(args: Args) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
 
     std::fs::create_dir_all(&args.out)?;
-    let setup = report::Setup::describe(&root, &args, bench.node.is_some(), elapsed);
+    let load = (load_start, report::loadavg());
+    let setup = report::Setup::describe(&root, &args, bench.node.is_some(), elapsed, load);
     let (table, json) = report::write(&rounds, &once, &setup);
     println!("{table}");
     let notes = std::fs::read_to_string(root.join("bench").join("notes.md")).unwrap_or_default();

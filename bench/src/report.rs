@@ -65,12 +65,20 @@ pub struct Setup {
     versions: String,
     node: bool,
     elapsed_s: f64,
+    /// The 1-minute load average at the start and the end of the run.
+    load: (f64, f64),
     date: String,
     args: Args,
 }
 
 impl Setup {
-    pub fn describe(root: &Path, args: &Args, node: bool, elapsed_s: f64) -> Setup {
+    pub fn describe(
+        root: &Path,
+        args: &Args,
+        node: bool,
+        elapsed_s: f64,
+        load: (f64, f64),
+    ) -> Setup {
         let first_line = |program: &str, arg: &str| {
             Command::new(program)
                 .arg(arg)
@@ -140,10 +148,19 @@ impl Setup {
             versions,
             node,
             elapsed_s,
+            load,
             date: first_line("date", "+%Y-%m-%d"),
             args: args.clone(),
         }
     }
+}
+
+/// The 1-minute load average: other work on the machine shows here.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// The version of `name` in a Cargo.lock.
@@ -259,6 +276,7 @@ pub fn write(rounds: &[Round], once: &Round, setup: &Setup) -> (String, serde_js
         "machine": setup.machine,
         "versions": setup.versions,
         "date": setup.date,
+        "load_average": [setup.load.0, setup.load.1],
         "rounds": rounds,
         "once": once,
         "over_rounds": medians,
@@ -273,8 +291,9 @@ fn header(out: &mut String, s: &Setup) {
     let _ = write!(
         out,
         "Measured by `./scripts/bench`, that is `{}`, on {}, with 5 local nodes on loopback \
-         started by the bench; {}. Date: {}; the run took {:.0} s.\n\n",
-        s.command, s.machine, s.versions, s.date, s.elapsed_s
+         started by the bench; {}. Date: {}; the run took {:.0} s; the 1-minute load average \
+         was {:.2} at its start and {:.2} at its end.\n\n",
+        s.command, s.machine, s.versions, s.date, s.elapsed_s, s.load.0, s.load.1
     );
     let _ = write!(
         out,
