@@ -4,7 +4,10 @@
 //! The one place that knows the SET form: the compare-and-set script
 //! `lua/set-if-absent.lua`, as the Rust host runs it (a retry that finds its
 //! own token is granted). To change it, change [`set_if_absent`] and its
-//! [`Expect`].
+//! [`Expect`]. The fenced forms run `lua/set-if-absent-fenced.lua` and
+//! `lua/raise-fence.lua` on the counter [`fence_key`], as the Rust host
+//! does (docs/FENCING.md); a raise may be resent (it never lowers a
+//! counter), a fenced SET never is.
 //!
 //! Resending. A request on a connection that was open before it turns out
 //! dead when the server closed that connection in between (its `timeout`, a

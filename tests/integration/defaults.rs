@@ -337,5 +337,11 @@ async fn documented_defaults_are_the_code_defaults() {
     assert_eq!(c.nodes[0].get(&k).as_deref(), Some(lock.token()));
     r.release(&lock).await.unwrap();
 
+    // fencing: off, so a lock has no fence and no counter is kept.
+    assert_eq!(row("fencing"), "off");
+    assert_eq!(lock.fence(), None);
+    r.settle(Duration::from_secs(1)).await;
+    assert_eq!(c.nodes[0].get(&format!("{k}:fence")), None);
+
     assert!(doc.is_empty(), "rows this test does not check: {doc:?}");
 }
