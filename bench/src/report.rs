@@ -297,16 +297,19 @@ fn header(out: &mut String, s: &Setup) {
     );
     let _ = write!(
         out,
-        "**Method.** {} rounds; each round measures every contender once, in an order that \
+        "**Method.** {} round{}; each round measures every contender once, in an order that \
          rotates by one place from round to round. A figure is the median over the rounds. \
          A ratio is computed within each round, from that round's two figures, and shown as \
-         the median of the {} per-round ratios with their spread, min-max: `1.25x (1.20-1.31)`. \
+         the median of the per-round ratios with their spread, min-max: `1.25x (1.20-1.31)`. \
          A pair is one acquire and one release, on a new key unless the row says otherwise. \
          Client CPU is the client process's user + system time (every thread; getrusage for the \
          Rust clients, `process.cpuUsage()` for Node.js) over the measured loop, divided by its \
          pairs; the 5 redis-server processes are not in it. A pair that gets no answer within \
          {} s ends its run, which is reported as \"no answer in {} s\".\n\n",
-        a.rounds, a.rounds, a.hang_secs, a.hang_secs
+        a.rounds,
+        if a.rounds == 1 { "" } else { "s" },
+        a.hang_secs,
+        a.hang_secs
     );
     if !s.node {
         out.push_str("node-redlock: skipped (Node.js or npm not installed).\n\n");
