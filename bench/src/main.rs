@@ -188,8 +188,13 @@ async fn run(args: Args) -> Result<()> {
     let setup = report::Setup::describe(&root, &args, bench.node.is_some(), elapsed, load);
     let (table, json) = report::write(&rounds, &once, &setup);
     println!("{table}");
-    let notes = std::fs::read_to_string(root.join("bench").join("notes.md")).unwrap_or_default();
-    std::fs::write(args.out.join("BENCHMARKS.md"), format!("{table}\n{notes}"))?;
+    let read =
+        |name: &str| std::fs::read_to_string(root.join("bench").join(name)).unwrap_or_default();
+    let (engine, notes) = (read("engine.md"), read("notes.md"));
+    std::fs::write(
+        args.out.join("BENCHMARKS.md"),
+        format!("{table}\n{engine}\n{notes}"),
+    )?;
     std::fs::write(
         args.out.join("benchmarks.json"),
         serde_json::to_string_pretty(&json)?,
