@@ -57,7 +57,8 @@ pub enum Check {
     /// A master, not a replica or a Sentinel; a master with replicas that a
     /// failover could promote is a warning.
     Role,
-    /// Not a Redis Cluster member (`cluster_enabled:1`): not supported yet.
+    /// Cluster mode matches the URL: off for `redis://`, on for
+    /// `redis+cluster://` (a whole cluster as one member).
     Cluster,
     /// Redis 2.6.12 or newer (the Lua scripts need it); older than 6.0 is a
     /// warning.
@@ -621,14 +622,28 @@ fn node_report(
     f.push(role_finding(&p, &field));
 
     // Cluster mode.
+    let member = report.addr.is_cluster();
     f.push(match (field("cluster_enabled"), &info) {
+        (Some("1"), _) if member => Finding::new(
+            Check::Cluster,
+            Level::Ok,
+            "cluster member",
+            "a Redis Cluster, one quorum member (redis+cluster://): keys are routed by hash \
+             slot; asked through its first seed",
+        ),
         (Some("1"), _) => Finding::new(
             Check::Cluster,
             Level::Unusable,
             "enabled",
-            "cluster mode is on (cluster_enabled:1): a Redis Cluster member answers keys of \
-             other slots with MOVED and fails over to replicas; Redlock needs independent \
-             standalone masters, and cluster members are not supported yet",
+            "cluster mode is on (cluster_enabled:1): as a single node it answers keys of \
+             other slots with MOVED; list the whole cluster as one member instead: \
+             redis+cluster://host1:port1,host2:port2",
+        ),
+        (_, Some(_)) if member => Finding::new(
+            Check::Cluster,
+            Level::Unusable,
+            "off",
+            "listed as redis+cluster:// but cluster mode is off: list it as redis://",
         ),
         (_, Some(_)) => Finding::new(Check::Cluster, Level::Ok, "off", "not in cluster mode"),
         (_, None) => Finding::unknown(Check::Cluster, because(&[p.info.why()])),

@@ -56,11 +56,13 @@ mod sandbox;
 #[cfg(feature = "local")]
 pub mod signal;
 
-pub use addr::NodeAddr;
+pub use addr::{NodeAddr, split_node_list};
 pub use check::{Check, DeploymentReport, Finding, Level, NodeReport, Verdict};
 pub use error::{Error, NodeError, NodeOutcome, Outcome, QuorumFailure};
 pub use guard::{GuardOptions, LockGuard, Loss};
 pub use lock::{AcquireOptions, Deadline, Lock, Redlock, RedlockBuilder};
-pub use node::{KeyState, RedisNode, RedisNodeCtx, RedisNodeCtxBuilder, add_to_linker};
+pub use node::{
+    KeyState, RedisNode, RedisNodeCtx, RedisNodeCtxBuilder, Shard, add_to_linker, key_slot,
+};
 pub use sandbox::{CORE_WASM, PORTABLE_WASM, ProcessClock};
 pub use tokio_util::sync::CancellationToken;

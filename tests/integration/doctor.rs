@@ -213,8 +213,9 @@ async fn a_replica_is_flagged() {
     assert_eq!(r.usable, 2);
 }
 
-/// A cluster-mode server is unusable (not supported yet). Control: testing
-/// `cluster_enabled:yes` passed it as off.
+/// A cluster-mode server listed as a single node (`redis://`) is unusable,
+/// and the finding says to list the cluster as one `redis+cluster://`
+/// member. Control: testing `cluster_enabled:yes` passed it as off.
 #[tokio::test]
 async fn a_cluster_member_is_flagged() {
     let bus = crate::support::free_port().to_string();
@@ -231,6 +232,11 @@ async fn a_cluster_member_is_flagged() {
         finding(&r, 1, Check::Cluster)
             .detail
             .contains("cluster_enabled:1")
+    );
+    assert!(
+        finding(&r, 1, Check::Cluster)
+            .detail
+            .contains("redis+cluster://")
     );
     assert_eq!((r.verdict, r.usable), (Verdict::Warnings, 2));
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod basics;
+mod cluster;
 mod cli;
 mod components;
 mod defaults;

@@ -223,3 +223,6 @@ impl LocalCluster {
         self.nodes.iter().map(LocalNode::url).collect()
     }
 }
+
+mod redis_cluster;
+pub use redis_cluster::{LocalRedisCluster, cli_available};

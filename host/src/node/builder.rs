@@ -45,7 +45,10 @@ impl RedisNodeCtxBuilder {
     }
 
     /// Adds a node by URL: `redis://[user[:password]@]host[:port][/db]`, or
-    /// `rediss://...` for TLS. Checked in [`build`](Self::build).
+    /// `rediss://...` for TLS; a Redis Cluster as one member:
+    /// `redis+cluster://[user[:password]@]host1:port1[,host2:port2...]` (or
+    /// `rediss+cluster://`), its seed addresses. Checked in
+    /// [`build`](Self::build).
     pub fn node(mut self, url: impl Into<String>) -> Self {
         self.nodes.push(NodeSpec::Url(url.into()));
         self
@@ -137,10 +140,12 @@ impl RedisNodeCtxBuilder {
                     *client,
                 ),
             };
-            // Another database of the same server is the same server.
+            // Another database of the same server is the same server; two
+            // clusters that share a seed are one cluster.
+            let mine = addr.identities();
             if let Some(dup) = nodes
                 .iter()
-                .find(|n| n.addr().identity() == addr.identity())
+                .find(|n| n.addr().identities().iter().any(|i| mine.contains(i)))
             {
                 return Err(Error::Config(format!(
                     "node {addr} is listed twice (as {}): Redlock needs independent nodes",
@@ -152,7 +157,19 @@ impl RedisNodeCtxBuilder {
                 // of the program may have installed one already, which is fine.
                 let _ = rustls::crypto::ring::default_provider().install_default();
             }
-            let server = Server::new(addr, client, nodes.len(), servers.clone(), any_same.clone());
+            let cluster = if addr.is_cluster() {
+                Some(cluster_client(&addr, timeout)?)
+            } else {
+                None
+            };
+            let server = Server::new(
+                addr,
+                client,
+                cluster,
+                nodes.len(),
+                servers.clone(),
+                any_same.clone(),
+            );
             nodes.push(Node::Redis(Lane::new(server, settings.clone())));
         }
         if u32::try_from(nodes.len()).is_err() {
@@ -166,4 +183,41 @@ impl RedisNodeCtxBuilder {
             }),
         })
     }
+}
+
+/// How long a cluster member's command may take, redirections and retries
+/// included, before the cluster connection gives up on it: ten node
+/// timeouts, at least 500 ms. The lane answers the guest at the node
+/// timeout anyway; this bounds how long a command on one key holds back the
+/// next one on the same key (a lane sends them one after the other).
+pub(super) fn cluster_response_timeout(node_timeout: Duration) -> Duration {
+    (node_timeout * 10).max(Duration::from_millis(500))
+}
+
+/// A cluster member's client: its seeds, their credentials and TLS, the
+/// connection timeout and a bounded retry budget (a dead shard's commands
+/// fail fast instead of retrying for seconds).
+fn cluster_client(
+    addr: &NodeAddr,
+    timeout: Duration,
+) -> Result<redis::cluster::ClusterClient, Error> {
+    let seeds = addr.seeds().to_vec();
+    let settings = seeds[0].redis_settings().clone();
+    let mut b = redis::cluster::ClusterClientBuilder::new(seeds)
+        .connection_timeout(timeout)
+        .response_timeout(cluster_response_timeout(timeout))
+        .retries(3)
+        .min_retry_wait(5)
+        .max_retry_wait(50);
+    if let Some(user) = settings.username() {
+        b = b.username(user);
+    }
+    if let Some(password) = settings.password() {
+        b = b.password(password);
+    }
+    if addr.is_tls() {
+        b = b.tls(redis::TlsMode::Secure);
+    }
+    b.build()
+        .map_err(|e| Error::Config(format!("node {addr}: {}", e.detail().unwrap_or("invalid"))))
 }

@@ -34,6 +34,48 @@ pub(crate) fn fence_key(key: &str) -> String {
     format!("{key}:fence")
 }
 
+/// The fence counter's key on a Redis Cluster member, where it must share
+/// the lock key's hash slot so that the fenced script stays on one shard:
+/// `<key>:fence` when the key has a hash tag (the counter has the same
+/// tag), `{<key>}:fence` otherwise (its tag is the whole key, so it hashes
+/// as the key does). `None` for a key with a `}` and no hash tag (or an
+/// empty key), which no suffix or tag can pair with its counter.
+pub(crate) fn cluster_fence_key(key: &str) -> Option<String> {
+    if hash_tag(key).is_some() {
+        Some(fence_key(key))
+    } else if key.contains('}') || key.is_empty() {
+        None
+    } else {
+        Some(format!("{{{key}}}:fence"))
+    }
+}
+
+/// A key's Redis Cluster hash tag: what lies between its first `{` and the
+/// first `}` after it, when that is not empty.
+pub(crate) fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let len = key[open + 1..].find('}')?;
+    (len > 0).then(|| &key[open + 1..open + 1 + len])
+}
+
+/// A key's Redis Cluster hash slot (0-16383): CRC16 (XMODEM) of its hash
+/// tag, or of the whole key, modulo 16384, as the cluster computes it.
+pub fn key_slot(key: &str) -> u16 {
+    let hashed = hash_tag(key).unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &b in hashed.as_bytes() {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc & 0x3FFF
+}
+
 /// The scripts' SHA1 digests, computed once per context.
 pub(super) struct Scripts {
     set: String,
@@ -134,6 +176,20 @@ impl Command {
         }
     }
 
+    /// On a cluster member: whether every key it touches shares one slot
+    /// (only the fenced commands touch two); the reason when not.
+    pub(super) fn fits_one_slot(&self) -> Result<(), String> {
+        if self.fenced() && cluster_fence_key(self.key()).is_none() {
+            return Err(format!(
+                "key {:?} is empty or contains '}}' without a hash tag: on a Redis Cluster member its \
+                 fence counter cannot share its slot; give the key a hash tag ({{...}}) or \
+                 leave out the '}}'",
+                self.key()
+            ));
+        }
+        Ok(())
+    }
+
     /// True for the commands whose reply is a fence counter.
     fn fenced(&self) -> bool {
         matches!(
@@ -143,8 +199,20 @@ impl Command {
     }
 
     /// Appends the command to `pipe`: EVALSHA of its script once the
-    /// connection loaded the scripts, the script's text otherwise.
-    pub(super) fn pack(&self, pipe: &mut redis::Pipeline, scripts: &Scripts, loaded: bool) {
+    /// connection loaded the scripts, the script's text otherwise. On a
+    /// `cluster` member the fence counter is [`cluster_fence_key`].
+    pub(super) fn pack(
+        &self,
+        pipe: &mut redis::Pipeline,
+        scripts: &Scripts,
+        loaded: bool,
+        cluster: bool,
+    ) {
+        let fence = |key: &str| match cluster {
+            // `fits_one_slot` refused the keys without one before.
+            true => cluster_fence_key(key).unwrap_or_else(|| fence_key(key)),
+            false => fence_key(key),
+        };
         let (sha, text) = match self {
             Command::SetIfAbsent { .. } => (&scripts.set, SET_IF_ABSENT),
             Command::DeleteIfToken { .. } => (&scripts.delete, DELETE_IF_TOKEN),
@@ -166,14 +234,10 @@ impl Command {
                 cmd.arg(1).arg(key).arg(token);
             }
             Command::SetIfAbsentFenced { key, token, ttl_ms } => {
-                cmd.arg(2)
-                    .arg(key)
-                    .arg(fence_key(key))
-                    .arg(token)
-                    .arg(*ttl_ms);
+                cmd.arg(2).arg(key).arg(fence(key)).arg(token).arg(*ttl_ms);
             }
-            Command::RaiseFence { key, fence } => {
-                cmd.arg(1).arg(fence_key(key)).arg(*fence);
+            Command::RaiseFence { key, fence: value } => {
+                cmd.arg(1).arg(fence(key)).arg(*value);
             }
         }
     }
@@ -237,5 +301,41 @@ impl From<NodeError> for crate::error::NodeError {
 impl From<&RedisError> for crate::error::NodeError {
     fn from(e: &RedisError) -> Self {
         classify(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_the_cluster_rule() {
+        // CRC16/XMODEM's check value: crc("123456789") = 0x31C3.
+        assert_eq!(key_slot("123456789"), 0x31C3);
+        assert_eq!(key_slot("{123456789}.x"), 0x31C3);
+        assert_eq!(key_slot("a{123456789}b{c}"), 0x31C3);
+        // An empty tag is no tag: the whole key is hashed.
+        assert_ne!(key_slot("{}123456789"), key_slot("123456789"));
+    }
+
+    #[test]
+    fn a_cluster_fence_counter_shares_its_keys_slot() {
+        for key in ["invoice:42", "{user:7}:job", "a{b", "app:{t}", "{a}}"] {
+            let counter = cluster_fence_key(key).unwrap();
+            assert_eq!(key_slot(&counter), key_slot(key), "{key} / {counter}");
+        }
+        // Tagged keys keep the single-process name.
+        assert_eq!(
+            cluster_fence_key("{user:7}:job").unwrap(),
+            "{user:7}:job:fence"
+        );
+        assert_eq!(
+            cluster_fence_key("invoice:42").unwrap(),
+            "{invoice:42}:fence"
+        );
+        // A '}' with no tag: no counter name shares the slot.
+        assert_eq!(cluster_fence_key("a}b"), None);
+        assert_eq!(cluster_fence_key("x{}y"), None);
+        assert_eq!(cluster_fence_key(""), None);
     }
 }

@@ -1,14 +1,19 @@
 //! One node's server: its address, its one multiplexed connection (made on
 //! first use, with the scripts loaded), and its identity, so that one server
-//! behind two URLs never counts twice.
+//! behind two URLs never counts twice. A Redis Cluster member has one
+//! cluster connection instead: redis-rs's, which keeps a connection per
+//! shard, routes each command by its key's hash slot and follows MOVED and
+//! ASK.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, Value};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use super::command::{Scripts, breaks_connection};
 use crate::addr::NodeAddr;
@@ -17,11 +22,46 @@ use crate::bindings::node::{NodeError, Reply};
 /// Which configured node first showed each server identity (`run_id`).
 pub(super) type Servers = Arc<Mutex<HashMap<String, (usize, String)>>>;
 
+/// A member's connection: one server's, or one cluster's.
+#[derive(Clone)]
+pub(super) enum Link {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// A connection and whether the server loaded our scripts on it (an ACL
 /// user without SCRIPT gets EVAL with the script's text instead).
 #[derive(Clone)]
 pub(super) struct Conn {
-    pub(super) conn: MultiplexedConnection,
+    pub(super) conn: Link,
     pub(super) scripts_loaded: bool,
     /// Tells this connection from a later one to the same node.
     generation: u64,
@@ -30,6 +70,8 @@ pub(super) struct Conn {
 pub(super) struct Server {
     pub(super) addr: NodeAddr,
     pub(super) client: redis::Client,
+    /// A cluster member's client (its seeds); `None` for a single process.
+    pub(super) cluster: Option<ClusterClient>,
     /// The one multiplexed connection, once made; cleared when it breaks so
     /// the next request reconnects.
     conn: Mutex<Option<Conn>>,
@@ -54,6 +96,7 @@ impl Server {
     pub(super) fn new(
         addr: NodeAddr,
         client: redis::Client,
+        cluster: Option<ClusterClient>,
         index: usize,
         servers: Servers,
         any_same: Arc<AtomicBool>,
@@ -61,6 +104,7 @@ impl Server {
         Self {
             addr,
             client,
+            cluster,
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             made: AtomicU64::new(0),
@@ -83,6 +127,23 @@ impl Server {
         let _turn = self.connecting.lock().await;
         if let Some(c) = self.current() {
             return Ok(c);
+        }
+        if let Some(cluster) = &self.cluster {
+            // Reads the slot map from a seed and connects to every master.
+            // No SCRIPT LOAD: a shard that lacks a script (a new master
+            // after a failover) answers NOSCRIPT and the lane sends that
+            // command as EVAL, which also caches the script there. No
+            // run_id either: a cluster's identity is its seeds (checked
+            // when built).
+            let c = cluster.get_async_connection().await?;
+            let conn = Conn {
+                conn: Link::Cluster(c),
+                scripts_loaded: true,
+                generation: self.made.fetch_add(1, Ordering::Relaxed) + 1,
+            };
+            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+            tracing::debug!(node = %self.addr, "connected to the cluster");
+            return Ok(conn);
         }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -123,7 +184,7 @@ impl Server {
             other => tracing::debug!(node = %self.addr, reply = ?other, "INFO server refused"),
         }
         let conn = Conn {
-            conn: c,
+            conn: Link::Single(c),
             scripts_loaded,
             generation: self.made.fetch_add(1, Ordering::Relaxed) + 1,
         };
@@ -183,8 +244,11 @@ impl Server {
 
     /// Drops `used` after an error that means it is broken, so the next
     /// request reconnects. A server's error reply leaves it alone.
+    /// A cluster connection is never dropped: it reconnects to its shards
+    /// itself, and one dead shard must not cost the others their connection.
     pub(super) fn check<T>(&self, used: &Conn, result: &Result<T, RedisError>) {
-        if let Err(e) = result
+        if self.cluster.is_none()
+            && let Err(e) = result
             && breaks_connection(e)
         {
             self.forget(used);

@@ -15,19 +15,30 @@
 //! connection that breaks with commands on it; a delete is then resent on
 //! the next connection, a SET never is.
 //!
+//! A Redis Cluster member's lane keeps the same order per key rather than
+//! per connection: its commands go out one by one on the cluster connection
+//! (which routes each by its key's slot, to whichever shard holds it, and
+//! follows MOVED/ASK), and a command waits until the one before it on the
+//! same key has its answer. Commands on distinct keys go out at once, to
+//! all shards in parallel. Redirections, retries and reconnections inside
+//! the cluster connection therefore never reorder a SET and its cleanup
+//! delete. Suspicion is per process: a cluster member is never suspect as a
+//! whole, since one slow shard says nothing of the others.
+//!
 //! A node whose last [`SUSPECT_AFTER`] requests all timed out is suspect
 //! for a cooldown: SETs and extends to it fail at once, without I/O, so a
 //! silent node (paused, blackholed, dropping replies) costs an attempt
 //! nothing instead of the node timeout. Deletes still go out; the first
 //! request after the cooldown is a probe, and any reply in time ends it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use redis::aio::ConnectionLike;
 use redis::{RedisError, Value};
 use tokio::sync::{Notify, mpsc};
 
@@ -119,6 +130,13 @@ impl Lane {
         if let Some(reply) = self.server.refusal() {
             return PendingReply::ready(reply);
         }
+        if self.server.cluster.is_some()
+            && let Err(why) = cmd.fits_one_slot()
+        {
+            let reply = Reply::Failed(NodeError::Other(why));
+            crate::metrics::node_reply(&self.server.addr, cmd.name(), &reply);
+            return PendingReply::ready(reply);
+        }
         if cmd.claims() {
             let until = self.suspect_until.load(Ordering::Relaxed);
             if until != 0 && since_epoch(Instant::now()) < until {
@@ -164,6 +182,8 @@ impl Lane {
             unsent: Vec::new(),
             reload_scripts: false,
             timeouts_in_a_row: 0,
+            busy: HashMap::new(),
+            sent: FuturesUnordered::new(),
         };
         rt.spawn(driver.run());
         PendingReply::waiting(slot)
@@ -185,6 +205,9 @@ struct Admitted {
     slot: Arc<Slot>,
     /// Already sent once on a connection that broke.
     resent: bool,
+    /// Send as EVAL with the script's text (a cluster shard answered
+    /// NOSCRIPT).
+    eval: bool,
 }
 
 /// What a written pipeline gives back: its connection, its requests and
@@ -207,6 +230,11 @@ struct Driver {
     /// of the next pipeline.
     reload_scripts: bool,
     timeouts_in_a_row: u32,
+    /// Cluster members only: the keys with a command on its way, each with
+    /// the commands waiting behind it, in order.
+    busy: HashMap<String, VecDeque<Admitted>>,
+    /// Cluster members only: commands on their way, one per busy key.
+    sent: FuturesUnordered<futures::future::BoxFuture<'static, Answer>>,
 }
 
 impl Driver {
@@ -227,6 +255,7 @@ impl Driver {
                             self.finish(&job, refusal.clone(), false);
                         }
                     }
+                    Some(conn) if self.server.cluster.is_some() => self.dispatch(&conn),
                     Some(conn) => inflight.push_back(self.write(conn)),
                     None if connecting.is_none() => {
                         let (server, timeout) = (self.server.clone(), self.settings.timeout);
@@ -241,7 +270,7 @@ impl Driver {
                     None => {}
                 }
             }
-            if !open && self.unresolved == 0 && self.unsent.is_empty() {
+            if !open && self.unresolved == 0 && self.unsent.is_empty() && self.busy.is_empty() {
                 // The context is gone and every request has its reply;
                 // late replies of timed-out ones are not waited for.
                 return;
@@ -253,6 +282,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 Some(answer) = inflight.next(), if !inflight.is_empty() => self.answered(answer),
+                Some(answer) = self.sent.next(), if !self.sent.is_empty() => self.answered_one(answer),
                 r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                     connecting = None;
                     if let Err(e) = r {
@@ -285,7 +315,92 @@ impl Driver {
             cmd: job.cmd,
             slot: job.slot,
             resent: false,
+            eval: false,
         });
+    }
+
+    /// Cluster members: sends each unsent command whose key has none on its
+    /// way; queues the others behind the one on their key.
+    fn dispatch(&mut self, conn: &Conn) {
+        for job in std::mem::take(&mut self.unsent) {
+            match self.busy.get_mut(job.cmd.key()) {
+                Some(waiting) => waiting.push_back(job),
+                None => {
+                    self.busy.insert(job.cmd.key().to_owned(), VecDeque::new());
+                    self.send_one(conn.clone(), job);
+                }
+            }
+        }
+    }
+
+    /// Cluster members: one command on the cluster connection, routed by
+    /// its key's slot.
+    fn send_one(&mut self, conn: Conn, job: Admitted) {
+        let mut pipe = redis::pipe();
+        job.cmd.pack(
+            &mut pipe,
+            &self.settings.scripts,
+            conn.scripts_loaded && !job.eval,
+            true,
+        );
+        self.sent.push(Box::pin(async move {
+            let mut c = conn.conn.clone();
+            let r = match pipe.cmd_iter().next() {
+                Some(cmd) => c.req_packed_command(cmd).await.map(|v| vec![v]),
+                None => Ok(Vec::new()),
+            };
+            (conn, vec![job], r)
+        }));
+    }
+
+    /// Cluster members: a command's answer; then the next one on its key.
+    fn answered_one(&mut self, (conn, jobs, result): Answer) {
+        for mut job in jobs {
+            // A cleanup delete still runs after its request timed out; a
+            // SET or extend that timed out is not sent again.
+            let wanted = !job.slot.is_resolved() || !job.cmd.claims();
+            let retry = match &result {
+                Ok(values) => match values.first().cloned().map(|v| job.cmd.meaning(v)) {
+                    Some(Some(reply)) => {
+                        self.finish(&job, reply, true);
+                        false
+                    }
+                    // NOSCRIPT: this shard lacks the script (a new master);
+                    // EVAL carries its text and caches it there.
+                    Some(None) if !job.eval && wanted => true,
+                    Some(None) | None => {
+                        self.finish(
+                            &job,
+                            Reply::Failed(NodeError::Other("no reply to EVAL".into())),
+                            false,
+                        );
+                        false
+                    }
+                },
+                Err(e) => {
+                    // A redis-rs error carrying a NOSCRIPT from the server.
+                    if e.code() == Some("NOSCRIPT") && !job.eval && wanted {
+                        true
+                    } else {
+                        self.finish(&job, Reply::Failed(classify(e)), false);
+                        false
+                    }
+                }
+            };
+            if retry {
+                job.eval = true;
+                self.send_one(conn.clone(), job);
+                continue;
+            }
+            let key = job.cmd.key().to_owned();
+            let next = self.busy.get_mut(&key).and_then(VecDeque::pop_front);
+            match next {
+                Some(next) => self.send_one(conn.clone(), next),
+                None => {
+                    self.busy.remove(&key);
+                }
+            }
+        }
     }
 
     /// Writes every unsent request as one pipeline on `conn`.
@@ -300,14 +415,18 @@ impl Driver {
             skip = Scripts::texts().len();
         }
         for job in &jobs {
-            job.cmd
-                .pack(&mut pipe, &self.settings.scripts, conn.scripts_loaded);
+            job.cmd.pack(
+                &mut pipe,
+                &self.settings.scripts,
+                conn.scripts_loaded,
+                false,
+            );
         }
         let count = jobs.len() + skip;
         async move {
             let mut c = conn.conn.clone();
             let r = c
-                .send_packed_commands(&pipe, 0, count)
+                .req_packed_commands(&pipe, 0, count)
                 .await
                 .map(|mut values| values.split_off(skip.min(values.len())));
             (conn, jobs, r)
@@ -417,7 +536,7 @@ impl Driver {
             }
             self.deadlines.pop_front();
         }
-        if self.timeouts_in_a_row >= SUSPECT_AFTER {
+        if self.timeouts_in_a_row >= SUSPECT_AFTER && self.server.cluster.is_none() {
             let until = since_epoch(now + self.settings.cooldown());
             self.suspect_until.store(until, Ordering::Relaxed);
         }

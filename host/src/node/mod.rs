@@ -24,6 +24,7 @@ mod pending;
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::Value;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynPollable, subscribe};
@@ -34,6 +35,7 @@ use crate::error::NodeError;
 
 pub use builder::{DEFAULT_CONCURRENCY, DEFAULT_NODE_TIMEOUT, RedisNodeCtxBuilder};
 pub(crate) use command::Command;
+pub use command::key_slot;
 pub use lane::SUSPECT_AFTER;
 pub use pending::PendingReply;
 
@@ -77,6 +79,53 @@ pub struct KeyState {
     pub holder: Option<String>,
     /// Remaining TTL, if the key exists and has one.
     pub ttl: Option<Duration>,
+}
+
+/// Where a key lives on a Redis Cluster member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// The key's hash slot ([`key_slot`]).
+    pub slot: u16,
+    /// The master serving the slot (`host:port`), if the slot map has one.
+    pub master: Option<String>,
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.master {
+            Some(m) => write!(f, "slot {} on {m}", self.slot),
+            None => write!(f, "slot {} (no master serves it)", self.slot),
+        }
+    }
+}
+
+/// The master of `slot` in a `CLUSTER SLOTS` reply: ranges of
+/// `[start, end, [host, port, id], replicas...]`.
+fn master_of(map: &Value, slot: u16) -> Option<String> {
+    let Value::Array(ranges) = map else {
+        return None;
+    };
+    let int = |v: &Value| match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    };
+    ranges.iter().find_map(|range| {
+        let Value::Array(r) = range else { return None };
+        let (start, end) = (int(r.first()?)?, int(r.get(1)?)?);
+        if !(start..=end).contains(&i64::from(slot)) {
+            return None;
+        }
+        let Value::Array(master) = r.get(2)? else {
+            return None;
+        };
+        let host = match master.first()? {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            _ => return None,
+        };
+        let port = int(master.get(1)?)?;
+        Some(format!("{host}:{port}"))
+    })
 }
 
 impl RedisNodeCtx {
@@ -211,6 +260,39 @@ impl RedisNodeCtx {
                     ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
                 })
             }
+        });
+        futures::future::join_all(reads).await
+    }
+
+    /// For each Redis Cluster member, where `key` lives: its hash slot and
+    /// the master that serves the slot now (read with `CLUSTER SLOTS` on
+    /// the member's own connection); `None` for a single-process or
+    /// in-memory member. For status displays and the deployment check.
+    pub async fn shards(&self, key: &str) -> Vec<Option<Result<Shard, NodeError>>> {
+        let key = self.redis_key(key);
+        let slot = key_slot(&key);
+        let timeout = self.node_timeout();
+        let reads = self.inner.nodes.iter().map(|node| async move {
+            let Node::Redis(lane) = node else { return None };
+            let server = &lane.server;
+            server.cluster.as_ref()?;
+            let read = async {
+                let c = server.connection(timeout).await?;
+                redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async::<Value>(&mut c.conn.clone())
+                    .await
+            };
+            Some(
+                match tokio::time::timeout(timeout.max(Duration::from_millis(500)), read).await {
+                    Err(_) => Err(NodeError::Timeout),
+                    Ok(Err(e)) => Err(NodeError::from(&e)),
+                    Ok(Ok(map)) => Ok(Shard {
+                        slot,
+                        master: master_of(&map, slot),
+                    }),
+                },
+            )
         });
         futures::future::join_all(reads).await
     }

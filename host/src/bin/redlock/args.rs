@@ -71,8 +71,9 @@ pub enum Command {
     /// Check that the nodes meet Redlock's assumptions.
     ///
     /// Asks every node, read-only, and prints one row per node: reachable
-    /// (and faster than --node-timeout), a master (not a replica), not in
-    /// cluster mode, the Redis version (2.6.12+ needed, 6.0+ advised),
+    /// (and faster than --node-timeout), a master (not a replica), cluster
+    /// mode matching the URL (off for redis://, on for redis+cluster://,
+    /// asked through the cluster's first seed), the Redis version (2.6.12+ needed, 6.0+ advised),
     /// maxmemory-policy (anything but noeviction can evict a held lock),
     /// persistence (and the restart rule it implies), the clock offset from
     /// this machine (over 1 s is a warning) and whether a server is listed
@@ -102,7 +103,9 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// A Redis node URL: redis://[user:password@]host[:port][/db], or
-    /// rediss:// for TLS. Repeat for each node (3 or 5 is usual).
+    /// rediss:// for TLS. Repeat for each node (3 or 5 is usual). A Redis
+    /// Cluster as one node: redis+cluster://[user:password@]host1:port1,host2:port2
+    /// (seed addresses of that one cluster; rediss+cluster:// for TLS).
     #[arg(long = "node", value_name = "URL", global = true)]
     pub node: Vec<String>,
 
@@ -112,18 +115,13 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    /// --node flags, else REDLOCK_NODES (comma-separated).
+    /// --node flags, else REDLOCK_NODES (comma-separated; a cluster's seeds
+    /// stay together: see `split_node_list`).
     pub fn urls(&self) -> Vec<String> {
         if !self.node.is_empty() {
             return self.node.clone();
         }
-        std::env::var("REDLOCK_NODES")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
+        redlock_wasm::split_node_list(&std::env::var("REDLOCK_NODES").unwrap_or_default())
     }
 }
 

@@ -19,14 +19,20 @@ pub fn short(token: &str) -> String {
 pub async fn status(a: StatusArgs) -> Result<Exit, Failure> {
     let r = crate::manager(&a.nodes, Duration::from_secs(1))?;
     let nodes = r.nodes();
-    let states = nodes.inspect(&a.key).await;
+    let (states, shards) = futures::join!(nodes.inspect(&a.key), nodes.shards(&a.key));
     let n = states.len();
     let quorum = n / 2 + 1;
     println!("key {:?} on {n} nodes (quorum {quorum})", a.key);
     println!("  {:<28} {:<12} {:<10} ttl", "node", "state", "holder");
     let mut holders: HashMap<&str, usize> = HashMap::new();
     let mut reachable = 0;
-    for (addr, state) in nodes.nodes().zip(&states) {
+    for ((addr, state), shard) in nodes.nodes().zip(&states).zip(&shards) {
+        // A Redis Cluster member: which shard holds the key.
+        let shard = match shard {
+            Some(Ok(s)) => format!("  ({s})"),
+            Some(Err(e)) => format!("  (shard unknown: {e})"),
+            None => String::new(),
+        };
         match state {
             Ok(s) => {
                 reachable += 1;
@@ -38,13 +44,17 @@ pub async fn status(a: StatusArgs) -> Result<Exit, Failure> {
                     *holders.entry(h.as_str()).or_default() += 1;
                 }
                 println!(
-                    "  {:<28} {:<12} {:<10} {ttl}",
+                    "  {:<28} {:<12} {:<10} {ttl}{shard}",
                     addr.to_string(),
                     "reachable",
                     holder
                 );
             }
-            Err(e) => println!("  {:<28} {:<12} {e}", addr.to_string(), "unreachable"),
+            Err(e) => println!(
+                "  {:<28} {:<12} {e}{shard}",
+                addr.to_string(),
+                "unreachable"
+            ),
         }
     }
     match holders.iter().max_by_key(|(_, c)| **c) {
