@@ -4,8 +4,8 @@
 mod support;
 
 mod basics;
-mod cluster;
 mod cli;
+mod cluster;
 mod components;
 mod defaults;
 mod doctor;
