@@ -95,6 +95,17 @@ pub fn parse_nodes(list: &str) -> Vec<Result<Endpoint, String>> {
         );
         return vec![Err(err); MAX_NODES];
     }
+    // A Redis Cluster member spans several entries (its seeds follow it
+    // without a scheme): taking those as nodes of their own would count one
+    // cluster's shards as independent members. Refuse the whole list.
+    if entries.iter().any(|e| is_cluster(e)) {
+        let err = format!(
+            "{NODES_VAR} names a Redis Cluster member (redis+cluster://): the portable \
+             component supports single-process members only; use the wasmtime host \
+             (redlock-wasm, the redlock CLI) for cluster members"
+        );
+        return vec![Err(err); entries.len()];
+    }
     let mut nodes: Vec<Result<Endpoint, String>> = entries.into_iter().map(parse_node).collect();
     for i in 0..nodes.len() {
         let dup = match &nodes[i] {
@@ -115,6 +126,13 @@ pub fn parse_nodes(list: &str) -> Vec<Result<Endpoint, String>> {
         }
     }
     nodes
+}
+
+/// Whether an entry starts a Redis Cluster member (`redis+cluster://` or
+/// `rediss+cluster://`, any case).
+fn is_cluster(entry: &str) -> bool {
+    let scheme = entry.trim().split_once("://").map_or("", |(s, _)| s);
+    scheme.eq_ignore_ascii_case("redis+cluster") || scheme.eq_ignore_ascii_case("rediss+cluster")
 }
 
 /// Parses one entry. Errors never repeat the entry's text.
@@ -323,6 +341,20 @@ mod tests {
                 .iter()
                 .all(|n| n.as_ref().is_err_and(|e| e.contains("at most")))
         );
+    }
+
+    #[test]
+    fn refuses_a_cluster_member_and_its_seeds() {
+        let nodes = parse_nodes("redis://a:1, redis+cluster://b:2,c:3,d:4");
+        assert_eq!(nodes.len(), 4);
+        for n in &nodes {
+            let e = n.as_ref().unwrap_err();
+            assert!(
+                e.contains("Redis Cluster") && e.contains("wasmtime host"),
+                "{e}"
+            );
+        }
+        assert!(parse_nodes("REDISS+CLUSTER://x:1")[0].is_err());
     }
 
     #[test]
