@@ -322,6 +322,17 @@ impl Contender {
         ))
     }
 
+    /// redlock-wasm with fencing on: every lock carries a fence that is
+    /// monotonic across the quorum (docs/FENCING.md).
+    pub fn ours_fenced(urls: &[String]) -> Result<Self> {
+        Ok(Contender::Ours(
+            ours_builder(urls, None, Retry::Defaults)
+                .fencing(true)
+                .build()
+                .context("build redlock-wasm with fencing")?,
+        ))
+    }
+
     pub fn ours_mt(urls: &[String], workers: usize, limit: Option<usize>) -> Result<Self> {
         Ok(Contender::OursMt(MultiThread::new(urls, workers, limit)?))
     }

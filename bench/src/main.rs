@@ -291,6 +291,7 @@ async fn one_round(b: &Bench, round: usize) -> Result<(Round, Samples)> {
             "ours-mt",
             Rc::new(Contender::ours_mt(&urls, args.workers, None)?),
         ),
+        ("ours-fenced", Rc::new(Contender::ours_fenced(&urls)?)),
     ];
     if let Some(child) = &b.node {
         all.push((
@@ -313,6 +314,7 @@ async fn one_round(b: &Bench, round: usize) -> Result<(Round, Samples)> {
             "node-redlock",
             "ours",
             "ours-mt",
+            "ours-fenced",
         ],
     );
     let bounds = Bounds {

@@ -185,6 +185,7 @@ pub fn label(name: &str) -> &str {
         "ours" => "redlock-wasm",
         "ours-256" => "redlock-wasm, limit 256",
         "ours-mt" => "redlock-wasm, multi-thread",
+        "ours-fenced" => "redlock-wasm, fenced",
         other => other,
     }
 }
@@ -333,6 +334,7 @@ fn uncontended(out: &mut String, r: &mut Runs<'_>, s: &Setup) {
         "node-redlock",
         "ours",
         "ours-mt",
+        "ours-fenced",
     ] {
         let p50 = format!("lat_p50/{name}");
         if r.count(&p50) == 0 {
@@ -349,6 +351,17 @@ fn uncontended(out: &mut String, r: &mut Runs<'_>, s: &Setup) {
             r.ratio_cell(&format!("lat_cpu/{name}"), "lat_cpu/floor-quorum"),
         ];
         row(out, &cells);
+    }
+    if r.count("lat_p50/ours-fenced") > 0 {
+        let _ = write!(
+            out,
+            "\nFencing (*redlock-wasm, fenced*: every lock carries a fence monotonic across the \
+             quorum, docs/FENCING.md) against the same library without: p50 {}, client CPU per \
+             pair {}. One round trip while the nodes' counters agree, as here; a second when \
+             they do not.\n",
+            r.ratio_cell("lat_p50/ours-fenced", "lat_p50/ours"),
+            r.ratio_cell("lat_cpu/ours-fenced", "lat_cpu/ours"),
+        );
     }
     out.push('\n');
 }
