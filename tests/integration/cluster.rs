@@ -31,6 +31,13 @@ fn start_clusters(n: usize) -> Vec<LocalRedisCluster> {
         .collect()
 }
 
+/// `n` clusters a fault can reach from the workload's thread, and their URLs.
+fn shared_clusters(n: usize) -> (Arc<Mutex<Vec<LocalRedisCluster>>>, Vec<String>) {
+    let clusters = start_clusters(n);
+    let urls = clusters.iter().map(LocalRedisCluster::url).collect();
+    (Arc::new(Mutex::new(clusters)), urls)
+}
+
 fn manager(urls: &[String]) -> Redlock {
     Redlock::builder()
         .nodes(urls.iter().cloned())
@@ -217,13 +224,7 @@ async fn cluster_members_exclude_over_many_keys_on_every_shard() {
 /// keys of every slot are still acquired, and nothing overlaps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_shard_master_costs_only_its_slots_on_its_member() {
-    let clusters = Arc::new(Mutex::new(start_clusters(3)));
-    let urls: Vec<String> = clusters
-        .lock()
-        .unwrap()
-        .iter()
-        .map(LocalRedisCluster::url)
-        .collect();
+    let (clusters, urls) = shared_clusters(3);
     let per_shard_before: Vec<std::ops::RangeInclusive<u16>> = {
         let cs = clusters.lock().unwrap();
         (0..3).map(|m| slot_range(&cs[0], m)).collect()
@@ -259,13 +260,7 @@ async fn a_killed_shard_master_costs_only_its_slots_on_its_member() {
 /// a quorum, locks go on, nothing overlaps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_entirely_down_leaves_a_quorum() {
-    let clusters = Arc::new(Mutex::new(start_clusters(3)));
-    let urls: Vec<String> = clusters
-        .lock()
-        .unwrap()
-        .iter()
-        .map(LocalRedisCluster::url)
-        .collect();
+    let (clusters, urls) = shared_clusters(3);
     let c = clusters.clone();
     let (o, _) = workload(
         urls,
