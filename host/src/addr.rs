@@ -158,6 +158,26 @@ impl NodeAddr {
         &self.seeds
     }
 
+    /// One node of this cluster at `host:port` (as its `CLUSTER NODES`
+    /// announces it), with the seeds' user, password and TLS settings: a
+    /// single-process address, for checking that node alone.
+    pub(crate) fn cluster_node(&self, host: &str, port: u16) -> Result<NodeAddr, Error> {
+        let addr = match self.info.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        Self::from_info(self.info.clone().set_addr(addr))
+    }
+
     /// True for a Redis Cluster member (`redis+cluster://`).
     pub fn is_cluster(&self) -> bool {
         !self.seeds.is_empty()

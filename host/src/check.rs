@@ -196,8 +196,18 @@ pub struct NodeReport {
     pub clock_offset_us: Option<i64>,
     /// `redis_version` from `INFO server`, when `INFO` was answered.
     pub version: Option<String>,
-    /// `run_id` from `INFO server`: what tells servers apart.
-    run_id: Option<String>,
+    /// For a cluster member: one report per master that serves slots (its
+    /// address, its slots in [`slots`](Self::slots), its own findings); the
+    /// member's findings are the worst of its shards', naming the shard.
+    /// Empty for a single process, and for a cluster member whose slot map
+    /// could not be read (then its findings are its first answering seed's).
+    pub shards: Vec<NodeReport>,
+    /// For a shard of a cluster member: the slot ranges it serves
+    /// (`0-5460`, or `0-100 5000-5460`).
+    pub slots: Option<String>,
+    /// `run_id` from `INFO server`: what tells servers apart (one per shard
+    /// for a cluster member).
+    run_ids: Vec<String>,
     /// True when the node was connected and answered.
     answered: bool,
 }
@@ -286,11 +296,16 @@ impl RedisNodeCtx {
     /// never fails: what could not be learned is reported as such.
     pub async fn check(&self, within: Duration) -> DeploymentReport {
         let probes = self.nodes().enumerate().map(|(i, addr)| async move {
+            let deadline = deadline_after(within);
+            let timeout = self.node_timeout();
             let reach = match self.check_client(i) {
                 None => Reach::Memory,
-                Some(client) => probe(client, within).await,
+                Some(_) if addr.is_cluster() => {
+                    return cluster_member(i, addr, deadline, within, timeout).await;
+                }
+                Some(client) => probe(client, deadline, false).await,
             };
-            node_report(i, addr.clone(), reach, within, self.node_timeout())
+            node_report(i, addr.clone(), reach, within, timeout, false)
         });
         let nodes = futures::future::join_all(probes).await;
         judge(nodes)
@@ -410,21 +425,27 @@ struct Probe {
     policy: Answer<Vec<String>>,
     appendonly: Answer<Vec<String>>,
     appendfsync: Answer<Vec<String>>,
+    /// `CLUSTER NODES`, asked of a cluster member's seed only.
+    cluster_nodes: Answer<String>,
 }
 
-/// Asks one node everything, within `within` overall.
-async fn probe(client: &redis::Client, within: Duration) -> Reach {
+/// `within` from now; a timeout too large to add means "no limit" in
+/// practice, and a year will do.
+fn deadline_after(within: Duration) -> Instant {
     let now = Instant::now();
-    // A timeout too large to add means "no limit" in practice; a year will do.
-    let deadline = now
-        .checked_add(within)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+    now.checked_add(within)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// Asks one node everything before `deadline`; with `cluster_nodes`, its
+/// cluster's node list as well (a cluster member's seed).
+async fn probe(client: &redis::Client, deadline: Instant, cluster_nodes: bool) -> Reach {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(None)
         .set_response_timeout(None);
     let connect = client.get_multiplexed_async_connection_with_config(&config);
     let conn = match tokio::time::timeout_at(deadline, connect).await {
-        Err(_) => return Reach::Down(format!("no connection within {}", show_duration(within))),
+        Err(_) => return Reach::Down("no connection before the check's deadline".into()),
         Ok(Err(e)) => return Reach::Down(format!("cannot connect: {e}")),
         Ok(Ok(c)) => c,
     };
@@ -440,11 +461,19 @@ async fn probe(client: &redis::Client, within: Duration) -> Reach {
         Answer::Broken(why) => return Reach::Down(format!("connected, but {why}")),
         _ => {}
     }
-    let (info, policy, appendonly, appendfsync) = futures::join!(
+    let nodes = async {
+        if cluster_nodes {
+            ask::<String>(&conn, deadline, &["CLUSTER", "NODES"]).await
+        } else {
+            Answer::NotAsked
+        }
+    };
+    let (info, policy, appendonly, appendfsync, cluster_nodes) = futures::join!(
         ask::<String>(&conn, deadline, &["INFO"]),
         ask::<Vec<String>>(&conn, deadline, &["CONFIG", "GET", "maxmemory-policy"]),
         ask::<Vec<String>>(&conn, deadline, &["CONFIG", "GET", "appendonly"]),
         ask::<Vec<String>>(&conn, deadline, &["CONFIG", "GET", "appendfsync"]),
+        nodes,
     );
     let role = match info {
         Answer::Got(_) => Answer::NotAsked,
@@ -459,7 +488,195 @@ async fn probe(client: &redis::Client, within: Duration) -> Reach {
         policy,
         appendonly,
         appendfsync,
+        cluster_nodes,
     }))
+}
+
+/// A master that serves slots, from `CLUSTER NODES`.
+#[derive(Debug, PartialEq)]
+struct Master {
+    host: String,
+    port: u16,
+    /// Its slot ranges as the reply gives them (`0-5460`), space-separated.
+    slots: String,
+}
+
+/// The masters that serve slots, in slot order, from a `CLUSTER NODES`
+/// reply: `<id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong>
+/// <epoch> <link> <slot> <slot> ...`. A slot being imported or migrated
+/// (`[5460->-id]`) is not counted as served; `seed` stands in for an empty
+/// address (a node that does not know its own yet).
+fn cluster_masters(reply: &str, seed: &str) -> Vec<Master> {
+    let mut masters: Vec<(u16, Master)> = reply
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = f.get(2)?;
+            if !flags.split(',').any(|x| x == "master") || flags.contains("noaddr") {
+                return None;
+            }
+            let slots: Vec<&str> = f
+                .get(8..)?
+                .iter()
+                .copied()
+                .filter(|x| !x.starts_with('['))
+                .collect();
+            let first: u16 = slots.first()?.split('-').next()?.parse().ok()?;
+            let addr = f.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            let host = if host.is_empty() { seed } else { host };
+            Some((
+                first,
+                Master {
+                    host: host.to_owned(),
+                    port: port.parse().ok()?,
+                    slots: slots.join(" "),
+                },
+            ))
+        })
+        .collect();
+    masters.sort_by_key(|(first, _)| *first);
+    masters.into_iter().map(|(_, m)| m).collect()
+}
+
+/// A cluster member: its first seed that answers tells the slot map, then
+/// every master that serves slots is checked, all at once, before the same
+/// deadline. The member's findings are the worst of its shards'.
+async fn cluster_member(
+    index: usize,
+    addr: &NodeAddr,
+    deadline: Instant,
+    within: Duration,
+    node_timeout: Duration,
+) -> NodeReport {
+    let mut seed_report = None;
+    let mut nodes = None;
+    for seed in addr.seeds() {
+        let reach = match redis::Client::open(seed.clone()) {
+            Ok(client) => probe(&client, deadline, true).await,
+            Err(e) => Reach::Down(format!("cannot connect: {e}")),
+        };
+        if let Reach::Up(p) = &reach {
+            nodes = p.cluster_nodes.got().cloned();
+        }
+        let report = node_report(index, addr.clone(), reach, within, node_timeout, true);
+        let answered = report.answered;
+        seed_report = Some(report);
+        if answered {
+            break;
+        }
+    }
+    let Some(seed_report) = seed_report else {
+        return node_report(
+            index,
+            addr.clone(),
+            Reach::Down("no seed".into()),
+            within,
+            node_timeout,
+            true,
+        );
+    };
+    // Cluster mode off, no seed answering, or CLUSTER refused: the seed's
+    // findings say which.
+    let seed_host = addr.identity().0;
+    let masters = nodes
+        .map(|n| cluster_masters(&n, &seed_host))
+        .unwrap_or_default();
+    if masters.is_empty() {
+        return seed_report;
+    }
+    let shards = masters.into_iter().map(|m| async move {
+        let reach = match addr.cluster_node(&m.host, m.port) {
+            Err(e) => Reach::Down(e.to_string()),
+            Ok(shard) => match redis::Client::open(shard.info().clone()) {
+                Ok(client) => {
+                    let reach = probe(&client, deadline, false).await;
+                    let mut r = node_report(index, shard, reach, within, node_timeout, true);
+                    r.slots = Some(m.slots);
+                    return r;
+                }
+                Err(e) => Reach::Down(format!("cannot connect: {e}")),
+            },
+        };
+        let mut r = node_report(index, addr.clone(), reach, within, node_timeout, true);
+        r.slots = Some(m.slots);
+        r
+    });
+    let shards = futures::future::join_all(shards).await;
+    merge_shards(index, addr.clone(), shards)
+}
+
+/// A cluster member's report from its shards': per check the worst finding,
+/// naming the shards at that level; usable when every shard is.
+fn merge_shards(index: usize, addr: NodeAddr, shards: Vec<NodeReport>) -> NodeReport {
+    let name = |s: &NodeReport| {
+        format!(
+            "shard {} (slots {})",
+            s.addr,
+            s.slots.as_deref().unwrap_or("?")
+        )
+    };
+    let mut findings = Vec::new();
+    for what in Check::ALL {
+        let all: Vec<(&NodeReport, &Finding)> = shards
+            .iter()
+            .filter_map(|s| s.finding(what).map(|f| (s, f)))
+            .collect();
+        let Some(level) = all.iter().map(|(_, f)| f.level).max() else {
+            continue;
+        };
+        let worst: Vec<&(&NodeReport, &Finding)> =
+            all.iter().filter(|(_, f)| f.level == level).collect();
+        let same = |get: fn(&Finding) -> &str| worst.iter().all(|(_, f)| get(f) == get(worst[0].1));
+        // Where ok shards differ by a measure, the member shows its worst
+        // shard's: the slowest round trip, the largest clock offset.
+        let extreme = match what {
+            Check::Reachable => worst.iter().max_by_key(|(s, _)| s.latency),
+            Check::Clock => worst
+                .iter()
+                .max_by_key(|(s, _)| s.clock_offset_us.map(i64::unsigned_abs)),
+            _ => None,
+        };
+        let summary = match (level, worst.len()) {
+            (Level::Ok, _) if same(|f| &f.summary) => worst[0].1.summary.clone(),
+            (Level::Ok, n) => {
+                extreme.map_or_else(|| format!("{n} shards ok"), |(_, f)| f.summary.clone())
+            }
+            (_, 1) => format!("{} on {}", worst[0].1.summary, worst[0].0.addr),
+            (_, n) => format!("{} on {n} shards", worst[0].1.summary),
+        };
+        // All shards alike read as one node (and group with single nodes in
+        // `redlock doctor`'s restart rules).
+        let detail = if level == Level::Ok && same(|f| &f.detail) {
+            worst[0].1.detail.clone()
+        } else {
+            worst
+                .iter()
+                .map(|(s, f)| format!("{}: {}", name(s), f.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        findings.push(Finding::new(what, level, summary, detail));
+    }
+    NodeReport {
+        index,
+        addr,
+        usable: shards.iter().all(|s| s.usable),
+        findings,
+        latency: shards.iter().filter_map(|s| s.latency).max(),
+        clock_offset_us: shards
+            .iter()
+            .filter_map(|s| s.clock_offset_us)
+            .max_by_key(|us| us.unsigned_abs()),
+        version: shards
+            .iter()
+            .filter_map(|s| s.version.clone())
+            .min_by_key(|v| parse_version(v)),
+        run_ids: shards.iter().flat_map(|s| s.run_ids.clone()).collect(),
+        answered: shards.iter().any(|s| s.answered),
+        slots: None,
+        shards,
+    }
 }
 
 /// `INFO`'s `key:value` lines.
@@ -539,13 +756,16 @@ const AOF_NO: &str = "AOF without fsync (appendfsync no: the OS writes it out, a
      half minute of them. After one, the node must not rejoin before the longest lock TTL has \
      passed";
 
-/// Findings of one node, all but [`Check::Duplicate`] (which needs every node).
+/// Findings of one node, all but [`Check::Duplicate`] (which needs every
+/// node); `cluster` when it should be in cluster mode (a cluster member's
+/// seed or shard).
 fn node_report(
     index: usize,
     addr: NodeAddr,
     reach: Reach,
     within: Duration,
     node_timeout: Duration,
+    cluster: bool,
 ) -> NodeReport {
     let mut report = NodeReport {
         index,
@@ -555,7 +775,9 @@ fn node_report(
         latency: None,
         clock_offset_us: None,
         version: None,
-        run_id: None,
+        shards: Vec::new(),
+        slots: None,
+        run_ids: Vec::new(),
         answered: false,
     };
     let p = match reach {
@@ -622,14 +844,14 @@ fn node_report(
     f.push(role_finding(&p, &field));
 
     // Cluster mode.
-    let member = report.addr.is_cluster();
+    let member = cluster;
     f.push(match (field("cluster_enabled"), &info) {
         (Some("1"), _) if member => Finding::new(
             Check::Cluster,
             Level::Ok,
             "cluster member",
             "a Redis Cluster, one quorum member (redis+cluster://): keys are routed by hash \
-             slot; asked through its first seed",
+             slot",
         ),
         (Some("1"), _) => Finding::new(
             Check::Cluster,
@@ -776,7 +998,11 @@ fn node_report(
         }
     });
 
-    report.run_id = field("run_id").filter(|r| !r.is_empty()).map(str::to_owned);
+    report.run_ids = field("run_id")
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
     report.usable = report.findings.iter().all(|f| f.level != Level::Unusable);
     report
 }
@@ -878,46 +1104,69 @@ fn judge(mut nodes: Vec<NodeReport>) -> DeploymentReport {
     let quorum = n / 2 + 1;
     let mut reasons = Vec::new();
 
-    // Servers listed more than once, by run_id.
+    // Servers listed more than once, by run_id (a cluster member has one
+    // per shard: two members that name one cluster share them all).
     let mut by_run: HashMap<String, Vec<usize>> = HashMap::new();
     for node in &nodes {
-        if let Some(id) = &node.run_id {
-            by_run.entry(id.clone()).or_default().push(node.index);
+        for id in &node.run_ids {
+            let group = by_run.entry(id.clone()).or_default();
+            if !group.contains(&node.index) {
+                group.push(node.index);
+            }
         }
     }
     let mut duplicated = false;
-    let mut groups: Vec<&Vec<usize>> = by_run.values().filter(|g| g.len() > 1).collect();
+    let mut groups: Vec<(&Vec<usize>, &str)> = by_run
+        .iter()
+        .filter(|(_, g)| g.len() > 1)
+        .map(|(id, g)| (g, id.as_str()))
+        .collect();
     groups.sort();
-    for group in &groups {
+    groups.dedup_by(|a, b| a.0 == b.0);
+    for (group, id) in &groups {
         duplicated = true;
         let names: Vec<String> = group.iter().map(|&i| nodes[i].addr.to_string()).collect();
-        let id = group
-            .first()
-            .and_then(|&i| nodes[i].run_id.as_deref())
-            .unwrap_or("");
+        let what = if group.iter().any(|&i| nodes[i].addr.is_cluster()) {
+            "share a server"
+        } else {
+            "are the same server"
+        };
         reasons.push(format!(
-            "{} are the same server (run_id {}…): a quorum could sit on one process",
+            "{} {what} (run_id {}…): a quorum could sit on one process",
             names.join(" and "),
             short_id(id)
         ));
     }
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
     for node in nodes.iter_mut().filter(|n| n.answered) {
-        let finding = match &node.run_id {
+        let finding = match node.run_ids.first() {
             None => Finding::unknown(
                 Check::Duplicate,
                 "no run_id (INFO refused or not answered): cannot tell whether this server is \
                  listed twice",
             ),
             Some(id) => {
-                let others: Vec<String> = by_run
-                    .get(id)
-                    .into_iter()
+                let mut others: Vec<String> = node
+                    .run_ids
+                    .iter()
+                    .filter_map(|id| by_run.get(id))
                     .flatten()
                     .filter(|&&i| i != node.index)
                     .map(|&i| addrs[i].clone())
                     .collect();
-                if others.is_empty() {
+                others.sort();
+                others.dedup();
+                if others.is_empty() && node.run_ids.len() > 1 {
+                    Finding::new(
+                        Check::Duplicate,
+                        Level::Ok,
+                        "unique",
+                        format!(
+                            "no shard's run_id ({} shards) is shared with any other node",
+                            node.run_ids.len()
+                        ),
+                    )
+                } else if others.is_empty() {
                     Finding::new(
                         Check::Duplicate,
                         Level::Ok,
@@ -947,14 +1196,11 @@ fn judge(mut nodes: Vec<NodeReport>) -> DeploymentReport {
     let mut seen: Vec<&str> = Vec::new();
     let mut usable = 0;
     for node in nodes.iter().filter(|n| n.usable) {
-        match node.run_id.as_deref() {
-            Some(id) if seen.contains(&id) => {}
-            Some(id) => {
-                seen.push(id);
-                usable += 1;
-            }
-            None => usable += 1,
+        if node.run_ids.iter().any(|id| seen.contains(&id.as_str())) {
+            continue;
         }
+        seen.extend(node.run_ids.iter().map(String::as_str));
+        usable += 1;
     }
     if usable < quorum {
         reasons.push(format!(
@@ -1000,6 +1246,7 @@ mod tests {
             Reach::Down("cannot connect: refused".into()),
             DEFAULT_CHECK_TIMEOUT,
             Duration::from_millis(50),
+            false,
         )
     }
 
@@ -1010,6 +1257,7 @@ mod tests {
             Reach::Memory,
             DEFAULT_CHECK_TIMEOUT,
             Duration::from_millis(50),
+            false,
         )
     }
 
@@ -1083,5 +1331,105 @@ mod tests {
             assert_eq!((f.level, f.summary.as_str()), (Level::Warning, "in-memory"));
             assert!(f.detail.contains("not a Redis server"));
         }
+    }
+
+    /// The slot map comes from masters with slots only, in slot order; a
+    /// replica, a master without slots and a slot in migration do not count.
+    /// Control: taking every line made the replica a shard.
+    #[test]
+    fn cluster_masters_are_the_masters_that_serve_slots() {
+        let reply = "\
+b1 127.0.0.1:7002@17002 master - 0 1 3 connected 10923-16383
+a1 :7000@17000 myself,master - 0 0 1 connected 0-5460 [5461->-c1]
+r1 127.0.0.1:7003@17003 slave a1 0 1 1 connected
+c1 127.0.0.1:7001@17001,redis-1.example master - 0 1 2 connected 5461-10922
+e1 127.0.0.1:7004@17004 master - 0 1 4 connected
+";
+        let m = cluster_masters(reply, "10.0.0.9");
+        let got: Vec<(&str, u16, &str)> = m
+            .iter()
+            .map(|m| (m.host.as_str(), m.port, m.slots.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.9", 7000, "0-5460"),
+                ("127.0.0.1", 7001, "5461-10922"),
+                ("127.0.0.1", 7002, "10923-16383"),
+            ]
+        );
+    }
+
+    fn shard(port: u16, slots: &str, what: Check, level: Level, summary: &str) -> NodeReport {
+        let mut r = memory(0);
+        r.addr = addr(port);
+        r.slots = Some(slots.into());
+        r.findings = vec![Finding::new(
+            what,
+            level,
+            summary,
+            format!("{summary} here"),
+        )];
+        r.usable = level != Level::Unusable;
+        r
+    }
+
+    /// A member's finding is its worst shard's, naming that shard and its
+    /// slots; all shards alike read as one. Control: taking the first
+    /// shard's finding hid the evicting one.
+    #[test]
+    fn a_cluster_member_reports_its_worst_shard() {
+        let m = merge_shards(
+            1,
+            addr(7000),
+            vec![
+                shard(7000, "0-5460", Check::Eviction, Level::Ok, "noeviction"),
+                shard(
+                    7001,
+                    "5461-10922",
+                    Check::Eviction,
+                    Level::Warning,
+                    "allkeys-lru",
+                ),
+                shard(
+                    7002,
+                    "10923-16383",
+                    Check::Eviction,
+                    Level::Ok,
+                    "noeviction",
+                ),
+            ],
+        );
+        let f = m.finding(Check::Eviction).unwrap();
+        assert_eq!(f.level, Level::Warning);
+        assert_eq!(f.summary, "allkeys-lru on 127.0.0.1:7001");
+        assert_eq!(
+            f.detail,
+            "shard 127.0.0.1:7001 (slots 5461-10922): allkeys-lru here"
+        );
+        assert!(m.usable);
+        assert_eq!(m.shards.len(), 3);
+
+        let m = merge_shards(
+            1,
+            addr(7000),
+            vec![
+                shard(7000, "0-8191", Check::Eviction, Level::Ok, "noeviction"),
+                shard(7001, "8192-16383", Check::Eviction, Level::Ok, "noeviction"),
+            ],
+        );
+        let f = m.finding(Check::Eviction).unwrap();
+        assert_eq!((f.level, f.summary.as_str()), (Level::Ok, "noeviction"));
+        assert_eq!(f.detail, "noeviction here");
+
+        let m = merge_shards(
+            1,
+            addr(7000),
+            vec![
+                shard(7000, "0-8191", Check::Reachable, Level::Ok, "0.2 ms"),
+                shard(7001, "8192-16383", Check::Reachable, Level::Unusable, "no"),
+            ],
+        );
+        assert!(!m.usable, "a shard down: the member cannot hold every key");
     }
 }

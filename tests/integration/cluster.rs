@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use redlock_wasm::local::LocalRedisCluster;
-use redlock_wasm::{Error, Redlock, key_slot};
+use redlock_wasm::{AcquireOptions, Check, Error, Level, NodeError, Redlock, Verdict, key_slot};
 
 use crate::support::history::{Fenced, History, fence_violations};
-use crate::support::{key, start_node};
+use crate::support::{Inspect, key, start_node};
 
 const TTL: Duration = Duration::from_millis(500);
 const NODE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -410,6 +410,141 @@ fn members_sharing_a_seed_are_refused() {
         .build()
         .unwrap_err();
     assert!(e.to_string().contains("listed twice"), "{e}");
+}
+
+/// Two members that name different seeds of one cluster share no seed, so
+/// the builder cannot tell them apart; when they connect, their node ids
+/// (`CLUSTER NODES`) show one cluster. With the third member dead, the later
+/// of the two never counts, so no quorum of 2 sits on one cluster; the next
+/// call is refused as a configuration error naming both. Negative control,
+/// run once by hand: without the node-id check, the acquire succeeded on the
+/// one live cluster.
+#[tokio::test]
+async fn one_cluster_under_two_members_never_counts_twice() {
+    let c = LocalRedisCluster::start(3).unwrap_or_else(|e| panic!("{e}"));
+    let seed = |i: usize| format!("redis+cluster://127.0.0.1:{}", c.masters()[i].port());
+    let dead = crate::support::free_port();
+    let r = Redlock::builder()
+        .nodes([seed(0), seed(1), format!("redis://127.0.0.1:{dead}")])
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let k = key("same-cluster");
+    let opts = AcquireOptions::new().retry_count(0);
+    let err = r
+        .acquire_with(&k, Duration::from_secs(2), opts)
+        .await
+        .unwrap_err();
+    let Error::UnableToAcquire(f) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        f.nodes.iter().any(|n| matches!(&n.outcome,
+            redlock_wasm::Outcome::Failed(NodeError::Other(m)) if m.contains("same Redis Cluster"))),
+        "{err}"
+    );
+    let err = r.acquire(&k, Duration::from_secs(1)).await.unwrap_err();
+    let Error::Config(m) = &err else {
+        panic!("{err:?}")
+    };
+    for i in 0..2 {
+        let port = c.masters()[i].port();
+        assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+    }
+    r.settle(Duration::from_secs(1)).await;
+    let owner = c.master_of_slot(key_slot(&k)).unwrap();
+    assert_eq!(c.masters()[owner].get(&k), None, "nothing left");
+}
+
+/// The deployment check asks every master that serves slots, not only the
+/// seed the URL names: a shard with an evicting policy is the one warning,
+/// named with its slots, on the library's report and in `redlock doctor`'s
+/// table; two members that name one cluster by different seeds share run
+/// ids and make the verdict unusable. Negative control, run once by hand:
+/// checking the first seed only, the evicting shard (not a seed) passed as
+/// noeviction and the shared cluster as unique.
+#[tokio::test]
+async fn the_deployment_check_asks_every_shard() {
+    let clusters = start_clusters(2);
+    let single = start_node();
+    let evicting = &clusters[0].masters()[2];
+    let _: () = evicting
+        .cmd(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
+        .unwrap();
+    let seed = |c: usize, m: usize| {
+        format!(
+            "redis+cluster://127.0.0.1:{}",
+            clusters[c].masters()[m].port()
+        )
+    };
+    let check = |urls: Vec<String>| async move {
+        Redlock::builder()
+            .nodes(urls)
+            .node_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap()
+            .check()
+            .await
+    };
+
+    let r = check(vec![seed(0, 0), clusters[1].url(), single.url()]).await;
+    assert_eq!(
+        r.nodes.iter().map(|n| n.shards.len()).collect::<Vec<_>>(),
+        [3, 3, 0],
+        "{r:#?}"
+    );
+    let shard = &r.nodes[0].shards[2];
+    assert_eq!(
+        shard.addr.to_string(),
+        format!("127.0.0.1:{}", evicting.port())
+    );
+    let slots = shard.slots.clone().unwrap();
+    assert!(slots.ends_with("-16383"), "{slots}");
+    let problems: Vec<_> = r
+        .problems()
+        .map(|(n, f)| (n.index, f.what, f.level))
+        .collect();
+    assert_eq!(problems, [(0, Check::Eviction, Level::Warning)], "{r:#?}");
+    let f = r.nodes[0].finding(Check::Eviction).unwrap();
+    assert_eq!(
+        f.summary,
+        format!("allkeys-lru on 127.0.0.1:{}", evicting.port())
+    );
+    assert!(
+        f.detail.contains(&format!("(slots {slots})")),
+        "{}",
+        f.detail
+    );
+    assert_eq!((r.verdict, r.usable), (Verdict::Warnings, 3));
+
+    let o = crate::cli::output({
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_redlock"));
+        cmd.env_remove("REDLOCK_LOG").args([
+            "--node",
+            &seed(0, 0),
+            "--node",
+            &clusters[1].url(),
+            "--node",
+            &single.url(),
+            "doctor",
+            "--node-timeout",
+            "1s",
+        ]);
+        cmd
+    });
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{text}{}", crate::cli::stderr(&o));
+    let row = format!("  shard 127.0.0.1:{} [{slots}]", evicting.port());
+    assert!(text.contains(&row), "{text}");
+
+    let r = check(vec![seed(1, 0), seed(1, 1), single.url()]).await;
+    assert_eq!(r.verdict, Verdict::Unusable, "{r:#?}");
+    assert!(r.reasons[0].contains("share a server"), "{:?}", r.reasons);
+    for n in 0..2 {
+        let f = r.nodes[n].finding(Check::Duplicate).unwrap();
+        assert_eq!(f.level, Level::Unusable, "{f:?}");
+    }
 }
 
 /// Throughput of acquire + release pairs on distinct keys (no contention),

@@ -132,10 +132,22 @@ impl Server {
             // Reads the slot map from a seed and connects to every master.
             // No SCRIPT LOAD: a shard that lacks a script (a new master
             // after a failover) answers NOSCRIPT and the lane sends that
-            // command as EVAL, which also caches the script there. No
-            // run_id either: a cluster's identity is its seeds (checked
-            // when built).
-            let c = cluster.get_async_connection().await?;
+            // command as EVAL, which also caches the script there. Its
+            // identity is its nodes' ids (`CLUSTER NODES`, from any node):
+            // two members that name different seeds of one cluster share
+            // them, and the later one is refused as one server behind two
+            // URLs is.
+            let mut c = cluster.get_async_connection().await?;
+            match redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut c)
+                .await
+            {
+                Ok(nodes) => self.register(cluster_node_ids(&nodes)),
+                // An ACL user without CLUSTER: the cluster cannot be told apart.
+                Err(e) if breaks_connection(&e) => return Err(e),
+                Err(e) => tracing::debug!(node = %self.addr, error = %e, "CLUSTER NODES refused"),
+            }
             let conn = Conn {
                 conn: Link::Cluster(c),
                 scripts_loaded: true,
@@ -193,30 +205,49 @@ impl Server {
         Ok(conn)
     }
 
-    /// Records the server's `run_id` (from `INFO server`); if an earlier
-    /// node of this context showed the same server, marks this one.
+    /// Records the server's `run_id` (from `INFO server`).
     fn register_server(&self, info: &Value) {
         let text = match info {
             Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
             Value::VerbatimString { text, .. } => text.clone(),
             _ => return,
         };
-        let Some(run_id) = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("run_id:"))
-            .map(str::to_owned)
-        else {
-            return;
-        };
+        if let Some(run_id) = text.lines().find_map(|l| l.trim().strip_prefix("run_id:")) {
+            self.register(vec![format!("run_id {run_id}")]);
+        }
+    }
+
+    /// Records this node's identities (a server's `run_id`, or the node ids
+    /// of a cluster); if an earlier node of this context showed any of them,
+    /// marks this one. One lock for all of them, so that of two members of
+    /// one cluster connecting at once, one owns every id.
+    fn register(&self, ids: Vec<String>) {
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        let (owner, owner_addr) = servers
-            .entry(run_id)
-            .or_insert_with(|| (self.index, self.addr.to_string()))
-            .clone();
+        let earlier = ids.iter().find_map(|id| {
+            servers
+                .get(id)
+                .filter(|(owner, _)| *owner != self.index)
+                .map(|(_, addr)| addr.clone())
+        });
+        for id in ids {
+            servers
+                .entry(id)
+                .or_insert_with(|| (self.index, self.addr.to_string()));
+        }
         let mut same_as = self.same_as.lock().unwrap_or_else(|e| e.into_inner());
-        *same_as = (owner != self.index).then_some(owner_addr);
+        *same_as = earlier;
         if same_as.is_some() {
             self.any_same.store(true, Ordering::Release);
+        }
+    }
+
+    /// What this node and the earlier one it duplicates have in common, for
+    /// errors: "the same Redis server (same run_id)" or the cluster's kind.
+    pub(super) fn sameness(&self) -> &'static str {
+        if self.cluster.is_some() {
+            "the same Redis Cluster (node ids in common)"
+        } else {
+            "the same Redis server (same run_id)"
         }
     }
 
@@ -225,9 +256,9 @@ impl Server {
     pub(super) fn refusal(&self) -> Option<Reply> {
         let earlier = self.same_server_as()?;
         Some(Reply::Failed(NodeError::Other(format!(
-            "node {} is the same Redis server as node {earlier} (same run_id): \
-             Redlock needs independent nodes",
-            self.addr
+            "node {} is {} as node {earlier}: Redlock needs independent nodes",
+            self.addr,
+            self.sameness()
         ))))
     }
 
@@ -265,5 +296,39 @@ impl Server {
         {
             *conn = None;
         }
+    }
+}
+
+/// The ids of a cluster's nodes, from a `CLUSTER NODES` reply (one line per
+/// node, its 40-character id first), sorted.
+fn cluster_node_ids(reply: &str) -> Vec<String> {
+    let mut ids: Vec<String> = reply
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|id| !id.is_empty())
+        .map(|id| format!("cluster node {id}"))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_node_ids;
+
+    #[test]
+    fn cluster_node_ids_are_every_line_s_first_field() {
+        let reply = "\
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922
+";
+        assert_eq!(
+            cluster_node_ids(reply),
+            [
+                "cluster node 67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1",
+                "cluster node e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca",
+            ]
+        );
     }
 }

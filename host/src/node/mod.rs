@@ -209,7 +209,8 @@ impl RedisNodeCtx {
     }
 
     /// When two configured nodes turned out to be one Redis server (the same
-    /// `run_id`, seen when they connected): the error naming both. Every
+    /// `run_id`, seen when they connected) or one Redis Cluster (node ids in
+    /// common): the error naming both. Every
     /// operation is then refused with [`Error::Config`](crate::Error::Config);
     /// until then the later node of the two never counts.
     pub fn same_servers(&self) -> Option<String> {
@@ -217,9 +218,9 @@ impl RedisNodeCtx {
             let Node::Redis(lane) = n else { return None };
             lane.server.same_server_as().map(|earlier| {
                 format!(
-                    "nodes {earlier} and {} are the same Redis server (same run_id): \
-                     Redlock needs independent nodes",
-                    lane.server.addr
+                    "nodes {earlier} and {} are {}: Redlock needs independent nodes",
+                    lane.server.addr,
+                    lane.server.sameness()
                 )
             })
         })

@@ -28,6 +28,12 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// --node and --node-timeout before the subcommand, as the examples
+    /// write them: both are global, so the subcommand's own `NodeArgs`
+    /// receives them wherever on the line they are.
+    #[command(flatten)]
+    pub nodes: NodeArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -252,4 +258,50 @@ pub struct DemoArgs {
 /// Parses "30s", "500ms", "2m", "1h 30m".
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    /// clap's own consistency checks (an id defined twice, a bad default).
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// --node and --node-timeout work before the subcommand, as the help's
+    /// examples write them, and after it. Control: with the node options
+    /// only on the subcommands, the first form was refused ("unexpected
+    /// argument '--node'").
+    #[test]
+    fn node_options_go_before_or_after_the_subcommand() {
+        for line in [
+            &[
+                "redlock",
+                "--node",
+                "redis://a",
+                "--node-timeout",
+                "2s",
+                "doctor",
+            ][..],
+            &[
+                "redlock",
+                "doctor",
+                "--node",
+                "redis://a",
+                "--node-timeout",
+                "2s",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            let Command::Doctor(d) = cli.command else {
+                panic!("{line:?}")
+            };
+            assert_eq!(d.nodes.node, ["redis://a"], "{line:?}");
+            assert_eq!(d.nodes.node_timeout, Duration::from_secs(2), "{line:?}");
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use redlock_wasm::{Check, DeploymentReport, Level, Verdict};
+use redlock_wasm::{Check, DeploymentReport, Level, NodeReport, Verdict};
 
 use crate::args::DoctorArgs;
 use crate::exit::{self, Exit, Failure};
@@ -53,15 +53,21 @@ pub fn render(report: &DeploymentReport) -> String {
             .chain(Check::ALL.iter().map(|c| c.name().to_owned()))
             .collect(),
     ];
-    for node in &report.nodes {
-        let mut row = vec![node.addr.to_string()];
-        for c in Check::ALL {
-            row.push(
+    // A cluster member's row sums up its shards; a row per shard follows.
+    let row = |label: String, node: &NodeReport| {
+        std::iter::once(label)
+            .chain(Check::ALL.iter().map(|&c| {
                 node.finding(c)
-                    .map_or_else(|| "-".to_owned(), |f| cell(f.level, &f.summary)),
-            );
+                    .map_or_else(|| "-".to_owned(), |f| cell(f.level, &f.summary))
+            }))
+            .collect::<Vec<_>>()
+    };
+    for node in &report.nodes {
+        rows.push(row(node.addr.to_string(), node));
+        for shard in &node.shards {
+            let slots = shard.slots.as_deref().unwrap_or("?");
+            rows.push(row(format!("  shard {} [{slots}]", shard.addr), shard));
         }
-        rows.push(row);
     }
     let widths: Vec<usize> = (0..=Check::ALL.len())
         .map(|i| {
@@ -120,32 +126,7 @@ pub fn render(report: &DeploymentReport) -> String {
 
 /// The report as one JSON object.
 pub fn json(report: &DeploymentReport) -> serde_json::Value {
-    let nodes: Vec<serde_json::Value> = report
-        .nodes
-        .iter()
-        .map(|node| {
-            let findings: Vec<serde_json::Value> = node
-                .findings
-                .iter()
-                .map(|f| {
-                    serde_json::json!({
-                        "check": f.what.name(),
-                        "level": f.level.name(),
-                        "summary": f.summary,
-                        "detail": f.detail,
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "node": node.addr.to_string(),
-                "usable": node.usable,
-                "latency_ms": node.latency.map(|d| d.as_secs_f64() * 1e3),
-                "clock_offset_ms": node.clock_offset_us.map(|us| us as f64 / 1e3),
-                "version": node.version,
-                "findings": findings,
-            })
-        })
-        .collect();
+    let nodes: Vec<serde_json::Value> = report.nodes.iter().map(node_json).collect();
     serde_json::json!({
         "verdict": report.verdict.name(),
         "quorum": report.quorum,
@@ -153,6 +134,37 @@ pub fn json(report: &DeploymentReport) -> serde_json::Value {
         "reasons": report.reasons,
         "nodes": nodes,
     })
+}
+
+/// One node (or shard) as JSON; a cluster member carries its shards.
+fn node_json(node: &NodeReport) -> serde_json::Value {
+    let findings: Vec<serde_json::Value> = node
+        .findings
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "check": f.what.name(),
+                "level": f.level.name(),
+                "summary": f.summary,
+                "detail": f.detail,
+            })
+        })
+        .collect();
+    let mut j = serde_json::json!({
+        "node": node.addr.to_string(),
+        "usable": node.usable,
+        "latency_ms": node.latency.map(|d| d.as_secs_f64() * 1e3),
+        "clock_offset_ms": node.clock_offset_us.map(|us| us as f64 / 1e3),
+        "version": node.version,
+        "findings": findings,
+    });
+    if let Some(slots) = &node.slots {
+        j["slots"] = slots.as_str().into();
+    }
+    if !node.shards.is_empty() {
+        j["shards"] = node.shards.iter().map(node_json).collect();
+    }
+    j
 }
 
 #[cfg(test)]
