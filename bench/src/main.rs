@@ -14,7 +14,8 @@
 //! Modules: `contenders` (who is measured), `measure` (the loops, CPU time),
 //! `node` (node-redlock's child process), `faults` (the faulty node),
 //! `footprint` (memory, cold start), `report` (statistics and Markdown),
-//! `chart`, and `hosts` (the lock core from other hosts, for docs/HOSTS.md).
+//! `chart`, `hosts` (the lock core from other hosts, for docs/HOSTS.md) and
+//! `scaling` (cluster members against single processes, for docs/SCALING.md).
 
 mod chart;
 mod contenders;
@@ -24,6 +25,7 @@ mod hosts;
 mod measure;
 mod node;
 mod report;
+mod scaling;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -99,6 +101,29 @@ enum Sub {
         #[arg(long, default_value_t = 21)]
         cli_runs: usize,
     },
+    /// Quorum members that are Redis Clusters against single processes, in
+    /// one run (docs/SCALING.md); needs redis-cli.
+    Scaling {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Quorum members of each deployment.
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        /// Masters per cluster member.
+        #[arg(long, default_value_t = 3)]
+        masters: usize,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds per throughput run.
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+        /// Sequential pairs per latency run.
+        #[arg(long, default_value_t = 1000)]
+        iters: usize,
+        /// The concurrency limit; the library's default when not given.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// (internal) Hold N locks and report this process's memory.
     Rss {
         #[arg(long = "node")]
@@ -135,6 +160,23 @@ fn main() -> Result<()> {
             iters,
             cli_runs,
         }) => rt.block_on(hosts::run(&workspace_root()?, rounds, iters, cli_runs)),
+        Some(Sub::Scaling {
+            rounds,
+            members,
+            masters,
+            clients,
+            secs,
+            iters,
+            limit,
+        }) => rt.block_on(scaling::run(scaling::Plan {
+            rounds,
+            members,
+            masters,
+            clients,
+            secs,
+            iters,
+            limit,
+        })),
         None => rt.block_on(run(args)),
     }
 }
