@@ -189,6 +189,9 @@ fn names(prefix: &str, n: usize) -> Arc<Vec<String>> {
 /// the keys spread evenly over the shards (printed; each shard within 10 %
 /// of its share). Control: the checker finds overlaps in an unsafe lock
 /// (`scenarios::checker_catches_an_unsafe_lock`).
+/// Negative control, run once by hand: with the fence counter of a cluster
+/// member named `<key>:fence` (another slot than the key), every fenced
+/// script failed (CROSSSLOT) and this test failed with 0 acquisitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_members_exclude_over_many_keys_on_every_shard() {
     let clusters = start_clusters(3);
@@ -222,6 +225,9 @@ async fn cluster_members_exclude_over_many_keys_on_every_shard() {
 /// A shard master of one member killed a quarter of the way in: that
 /// member fails for the slots of that shard, the quorum (2 of 3) holds, so
 /// keys of every slot are still acquired, and nothing overlaps.
+/// Negative control, run once by hand: with the fence counter of a cluster
+/// member named `<key>:fence` (another slot than the key), no key was
+/// acquired after the kill and this test failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_shard_master_costs_only_its_slots_on_its_member() {
     let (clusters, urls) = shared_clusters(3);
@@ -258,6 +264,9 @@ async fn a_killed_shard_master_costs_only_its_slots_on_its_member() {
 
 /// A whole member down a quarter of the way in: the two other members are
 /// a quorum, locks go on, nothing overlaps.
+/// Negative control, run once by hand: with the fence counter of a cluster
+/// member named `<key>:fence` (another slot than the key), no key was
+/// acquired after the member went down and this test failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_entirely_down_leaves_a_quorum() {
     let (clusters, urls) = shared_clusters(3);
@@ -349,6 +358,9 @@ async fn a_slot_migrated_while_locks_are_held() {
 /// and `shards` names the slot and the master that holds each key. A key
 /// with a `}` and no hash tag is refused on the cluster member before any
 /// I/O for a fenced acquire (the other members still grant).
+/// Negative control, run once by hand: with the fence counter of a cluster
+/// member named `<key>:fence` (another slot than the key), the cluster
+/// member never held a key and this test failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_members_and_fences_on_a_cluster() {
     let (a, b) = (start_node(), start_node());

@@ -274,6 +274,78 @@ async fn holder_that_outlives_validity() {
     r.release(&successor).await.unwrap();
 }
 
+/// A node that refuses connections (its process is dead) is not asked at
+/// every request: after a refused connect, SETs to it fail without a
+/// connect attempt ("not asked: it refused the last connection") for a
+/// back-off (25 ms, doubling with each refusal in a row, at most the
+/// cooldown); once it listens again, it counts again within that bound.
+/// The attempts here need the dead node (one of the two others is held),
+/// so each one reports its outcome. Negative control, run once by hand:
+/// with the back-off disabled, all 40 attempts connected and were refused.
+#[tokio::test]
+async fn a_refusing_node_is_not_asked_at_every_request() {
+    let mut c = Cluster::start(3);
+    c.nodes[2].kill();
+    let r = Redlock::builder()
+        .nodes(c.urls())
+        .ttl(TTL)
+        .node_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let opts = AcquireOptions::new().retry_count(0);
+    let mut refused = 0;
+    let mut not_asked = 0;
+    for i in 0..40 {
+        let k = key(&format!("needs-the-dead-node-{i}"));
+        let _: () = c.nodes[0]
+            .cmd(&["SET", &k, "someone-else", "PX", "10000"])
+            .unwrap();
+        let err = r
+            .acquire_with(&k, Duration::from_secs(2), opts.clone())
+            .await
+            .unwrap_err();
+        let Error::UnableToAcquire(f) = &err else {
+            panic!("{err:?}")
+        };
+        match &f.nodes[2].outcome {
+            Outcome::Failed(NodeError::Other(m)) if m.contains("not asked") => {
+                assert!(m.contains("refused the last connection"), "{m}");
+                not_asked += 1;
+            }
+            Outcome::Failed(_) => refused += 1,
+            other => panic!("the dead node answered: {other:?}"),
+        }
+        if not_asked >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        refused >= 1 && not_asked >= 3,
+        "refused {refused}, not asked {not_asked}: every attempt connected"
+    );
+
+    // Listening again: within the back-off's bound (the cooldown, 1 s with
+    // this timeout) it is asked and counts once more.
+    c.nodes[2].restart().unwrap();
+    let start = Instant::now();
+    loop {
+        let k = key("listening-again");
+        let lock = r.acquire(&k, Duration::from_secs(1)).await.unwrap();
+        r.settle(Duration::from_secs(1)).await;
+        let all = c.holding(&k, lock.token()) == 3;
+        r.release(&lock).await.unwrap();
+        if all {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the node never counted again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A node that stopped answering is not waited for again: once its last
 /// `SUSPECT_AFTER` requests timed out, SETs to it fail at once ("not
 /// asked") for a cooldown instead of costing every attempt the node

@@ -30,9 +30,16 @@
 //! silent node (paused, blackholed, dropping replies) costs an attempt
 //! nothing instead of the node timeout. Deletes still go out; the first
 //! request after the cooldown is a probe, and any reply in time ends it.
+//!
+//! A node that refuses connections (a dead process, a closed port) is not
+//! asked either, for a back-off that starts at [`REFUSED_BACKOFF`] and
+//! doubles with each refusal in a row up to the cooldown: without it every
+//! request is a connect attempt (a socket, a refusal, an error carried back
+//! through the driver). The first request after the back-off connects
+//! again; a connection made ends it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,6 +56,14 @@ use crate::bindings::node::{NodeError, Reply};
 
 /// Timeouts in a row after which a node is suspect.
 pub const SUSPECT_AFTER: u32 = 3;
+
+/// How long a node that refused a connection is not asked, the first time:
+/// 25 ms, doubling with each refusal in a row, at most the cooldown.
+pub const REFUSED_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Why a node is not asked.
+const WHY_TIMEOUTS: u8 = 0;
+const WHY_REFUSED: u8 = 1;
 
 /// What the lanes of one context share.
 pub(super) struct Settings {
@@ -113,6 +128,8 @@ pub(super) struct Lane {
     /// Until when the node is suspect, in nanoseconds after [`epoch`]; 0
     /// when it is not.
     suspect_until: Arc<AtomicU64>,
+    /// Why: [`WHY_TIMEOUTS`] or [`WHY_REFUSED`].
+    suspect_why: Arc<AtomicU8>,
 }
 
 impl Lane {
@@ -122,6 +139,7 @@ impl Lane {
             settings,
             queue: Mutex::new(None),
             suspect_until: Arc::new(AtomicU64::new(0)),
+            suspect_why: Arc::new(AtomicU8::new(WHY_TIMEOUTS)),
         }
     }
 
@@ -140,12 +158,19 @@ impl Lane {
         if cmd.claims() {
             let until = self.suspect_until.load(Ordering::Relaxed);
             if until != 0 && since_epoch(Instant::now()) < until {
-                let reply = Reply::Failed(NodeError::Other(format!(
-                    "not asked: its last {SUSPECT_AFTER} requests got no reply within the \
-                     node timeout ({:?}); it is asked again after {:?}",
-                    self.settings.timeout,
-                    self.settings.cooldown()
-                )));
+                let why = if self.suspect_why.load(Ordering::Relaxed) == WHY_REFUSED {
+                    "not asked: it refused the last connection; a connection is tried again \
+                     after a back-off"
+                        .to_owned()
+                } else {
+                    format!(
+                        "not asked: its last {SUSPECT_AFTER} requests got no reply within the \
+                         node timeout ({:?}); it is asked again after {:?}",
+                        self.settings.timeout,
+                        self.settings.cooldown()
+                    )
+                };
+                let reply = Reply::Failed(NodeError::Other(why));
                 crate::metrics::node_reply(&self.server.addr, cmd.name(), &reply);
                 return PendingReply::ready(reply);
             }
@@ -176,6 +201,8 @@ impl Lane {
             server: self.server.clone(),
             settings: self.settings.clone(),
             suspect_until: self.suspect_until.clone(),
+            suspect_why: self.suspect_why.clone(),
+            refusals_in_a_row: 0,
             queue: rx,
             deadlines: VecDeque::new(),
             unresolved: 0,
@@ -218,6 +245,9 @@ struct Driver {
     server: Arc<Server>,
     settings: Arc<Settings>,
     suspect_until: Arc<AtomicU64>,
+    suspect_why: Arc<AtomicU8>,
+    /// Connects refused in a row: the back-off doubles with each.
+    refusals_in_a_row: u32,
     queue: mpsc::UnboundedReceiver<Job>,
     /// Admitted requests in the order admitted, with their deadlines; some
     /// may be answered already (taken off when they reach the front).
@@ -285,8 +315,9 @@ impl Driver {
                 Some(answer) = self.sent.next(), if !self.sent.is_empty() => self.answered_one(answer),
                 r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                     connecting = None;
-                    if let Err(e) = r {
-                        self.connect_failed(&e);
+                    match r {
+                        Ok(_) => self.refusals_in_a_row = 0,
+                        Err(e) => self.connect_failed(&e),
                     }
                 }
                 () = &mut timer, if next_deadline.is_some() => self.expire(),
@@ -485,6 +516,15 @@ impl Driver {
         for job in std::mem::take(&mut self.unsent) {
             self.finish(&job, Reply::Failed(classify(e)), false);
         }
+        if e.is_connection_refusal() && self.server.cluster.is_none() {
+            let backoff = REFUSED_BACKOFF
+                .saturating_mul(1 << self.refusals_in_a_row.min(16))
+                .min(self.settings.cooldown());
+            self.refusals_in_a_row = self.refusals_in_a_row.saturating_add(1);
+            self.suspect_why.store(WHY_REFUSED, Ordering::Relaxed);
+            let until = since_epoch(Instant::now() + backoff);
+            self.suspect_until.store(until, Ordering::Relaxed);
+        }
     }
 
     /// Resolves a request's slot, once. A reply in time ends a suspicion.
@@ -538,6 +578,7 @@ impl Driver {
         }
         if self.timeouts_in_a_row >= SUSPECT_AFTER && self.server.cluster.is_none() {
             let until = since_epoch(now + self.settings.cooldown());
+            self.suspect_why.store(WHY_TIMEOUTS, Ordering::Relaxed);
             self.suspect_until.store(until, Ordering::Relaxed);
         }
     }
