@@ -384,8 +384,9 @@ impl RedlockBuilder {
         self
     }
 
-    /// Concurrent in-flight Redis requests for this manager. The default
-    /// is 10, as in the original Go library; 1 serialises every request.
+    /// Unanswered round trips per node for this manager (requests made
+    /// meanwhile leave together in the next one). The default is 10, the
+    /// original Go library's semaphore; 1 serialises each node's round trips.
     pub fn concurrency(mut self, limit: usize) -> Self {
         self.nodes = self.nodes.concurrency(limit);
         self

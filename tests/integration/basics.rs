@@ -209,7 +209,50 @@ async fn mutual_exclusion_under_contention() {
     eventually("nothing left behind", || c.total_keys() == 0).await;
 }
 
-/// A concurrency limit of 1 serialises requests and still works.
+/// The limit counts round trips, not requests: with 2 round trips to a
+/// slow node unanswered, the acquires made meanwhile wait and leave
+/// together in the next write, so 40 concurrent acquires reach the server
+/// in a few reads, and every one succeeds. Negative control, run once by
+/// hand: with the limit counting requests (the lane admitting at most 2
+/// unanswered), the server processed 22 reads for them.
+#[tokio::test]
+async fn waiting_requests_leave_together_in_the_next_round_trip() {
+    use redlock_wasm::local::proxy::{Mode, Proxy};
+    let c = Cluster::start(1);
+    let proxy = Proxy::start(c.nodes[0].port()).await.unwrap();
+    let r = Redlock::builder()
+        .nodes([proxy.url()])
+        .ttl(TTL)
+        .node_timeout(Duration::from_secs(2))
+        .concurrency(2)
+        .build()
+        .unwrap();
+    assert!(r.connect().await.iter().all(|x| x.is_ok()));
+    proxy.set(Mode::Delay(Duration::from_millis(40)));
+    let reads = || -> u64 {
+        let info: String = c.nodes[0].cmd(&["INFO", "stats"]).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_reads_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("total_reads_processed (Redis 6 or later)")
+    };
+    let before = reads();
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let r = r.clone();
+            let k = key(&format!("round-trips-{i}"));
+            tokio::spawn(async move { r.acquire(&k, Duration::from_secs(5)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("acquire");
+    }
+    // This count includes the INFO command that reads it.
+    let used = reads() - before - 1;
+    assert!(used <= 6, "{used} reads for 40 acquires");
+}
+
+/// A concurrency limit of 1 serialises round trips and still works.
 #[tokio::test]
 async fn concurrency_limit_of_one_works() {
     let c = Cluster::start(5);

@@ -74,11 +74,14 @@ impl RedisNodeCtxBuilder {
         self
     }
 
-    /// Maximum unanswered requests per node, over all operations sharing
-    /// this context; more wait in the node's queue, in order. The default
-    /// is [`DEFAULT_CONCURRENCY`] (10); 1 serialises each node's requests.
-    /// A request that timed out no longer counts, so a slow node's
-    /// leftovers never block its next requests for longer than the timeout.
+    /// Maximum unanswered round trips per node, over all operations sharing
+    /// this context (on a cluster member, a round trip carries one
+    /// command); requests made meanwhile wait in the node's queue, in order,
+    /// and leave together in the next write. The default is
+    /// [`DEFAULT_CONCURRENCY`] (10), the Go library's semaphore of 10; 1
+    /// serialises each node's round trips. A request's node timeout counts
+    /// its wait, so a slow node's queue never holds a caller longer than
+    /// the timeout.
     pub fn concurrency(mut self, limit: usize) -> Self {
         self.concurrency = Some(limit);
         self

@@ -5,9 +5,12 @@
 //! queue (the guest's call only enqueues, so the order is fixed when the
 //! request is made), connects when needed, and writes whatever has queued
 //! up as one pipeline: concurrent calls' commands to a node share a write
-//! and a round trip. At most `limit` requests per node are unanswered at
-//! once (the Go library's semaphore of 10, counted per node); one timer per
-//! lane ends the oldest request that outlived the node timeout.
+//! and a round trip. At most `limit` round trips per node are unanswered at
+//! once (the Go library's semaphore of 10, counted in round trips per node):
+//! requests made meanwhile wait, in order, and leave together in the next
+//! write. On a cluster member a round trip carries one command. A request's
+//! node timeout starts when it is made, waiting included; one timer per lane
+//! ends the oldest request that outlived it.
 //!
 //! Order is what keeps a cleanup delete behind the SET it cleans up after:
 //! both go out on the node's one connection in the order made, also while
@@ -276,6 +279,10 @@ impl Driver {
         tokio::pin!(timer);
         let mut open = true;
         loop {
+            // A SET or an extend that timed out while it waited is not sent
+            // (its caller counted it as failed); a delete always is.
+            self.unsent
+                .retain(|job| !(job.cmd.claims() && job.slot.is_resolved()));
             if !self.unsent.is_empty() {
                 match self.server.current() {
                     // Known only once connected: one server behind two
@@ -286,7 +293,11 @@ impl Driver {
                         }
                     }
                     Some(conn) if self.server.cluster.is_some() => self.dispatch(&conn),
-                    Some(conn) => inflight.push_back(self.write(conn)),
+                    Some(conn) if inflight.len() < self.settings.limit => {
+                        inflight.push_back(self.write(conn));
+                    }
+                    // `limit` round trips unanswered: the next write waits.
+                    Some(_) => {}
                     None if connecting.is_none() => {
                         let (server, timeout) = (self.server.clone(), self.settings.timeout);
                         connecting = Some(Box::pin(async move {
@@ -321,12 +332,11 @@ impl Driver {
                     }
                 }
                 () = &mut timer, if next_deadline.is_some() => self.expire(),
-                job = self.queue.recv(), if open && self.unresolved < self.settings.limit => {
+                job = self.queue.recv(), if open => {
                     match job {
                         Some(job) => {
                             self.admit(job);
-                            while self.unresolved < self.settings.limit {
-                                let Ok(job) = self.queue.try_recv() else { break };
+                            while let Ok(job) = self.queue.try_recv() {
                                 self.admit(job);
                             }
                         }
@@ -351,17 +361,21 @@ impl Driver {
     }
 
     /// Cluster members: sends each unsent command whose key has none on its
-    /// way; queues the others behind the one on their key.
+    /// way, while fewer than `limit` are on their way; queues the others
+    /// behind the one on their key, or leaves them unsent, in order.
     fn dispatch(&mut self, conn: &Conn) {
+        let mut left = Vec::new();
         for job in std::mem::take(&mut self.unsent) {
-            match self.busy.get_mut(job.cmd.key()) {
-                Some(waiting) => waiting.push_back(job),
-                None => {
-                    self.busy.insert(job.cmd.key().to_owned(), VecDeque::new());
-                    self.send_one(conn.clone(), job);
-                }
+            if let Some(waiting) = self.busy.get_mut(job.cmd.key()) {
+                waiting.push_back(job);
+            } else if self.sent.len() < self.settings.limit && left.is_empty() {
+                self.busy.insert(job.cmd.key().to_owned(), VecDeque::new());
+                self.send_one(conn.clone(), job);
+            } else {
+                left.push(job);
             }
         }
+        self.unsent = left;
     }
 
     /// Cluster members: one command on the cluster connection, routed by

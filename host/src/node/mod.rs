@@ -154,7 +154,7 @@ impl RedisNodeCtx {
         self.inner.settings.timeout
     }
 
-    /// The concurrency limit: unanswered requests per node.
+    /// The concurrency limit: unanswered round trips per node.
     pub fn concurrency(&self) -> usize {
         self.inner.settings.limit
     }
