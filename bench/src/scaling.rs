@@ -51,7 +51,11 @@ pub async fn run(plan: Plan) -> Result<()> {
         .collect::<Result<_, _>>()
         .context("start the clusters")?;
     let cluster_urls: Vec<String> = clusters.iter().map(LocalRedisCluster::url).collect();
-    let single = Rc::new(Contender::ours(&singles.urls(), plan.limit, Retry::Defaults)?);
+    let single = Rc::new(Contender::ours(
+        &singles.urls(),
+        plan.limit,
+        Retry::Defaults,
+    )?);
     let cluster = Rc::new(Contender::ours(&cluster_urls, plan.limit, Retry::Defaults)?);
     single.warm("scaling-single").await?;
     cluster.warm("scaling-cluster").await?;
