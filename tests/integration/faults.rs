@@ -275,8 +275,8 @@ async fn holder_that_outlives_validity() {
 }
 
 /// A node that refuses connections (its process is dead) is not asked at
-/// every request: after a refused connect, SETs to it fail without a
-/// connect attempt ("not asked: it refused the last connection") for a
+/// every request: after a refused connect, requests to it (deletes too)
+/// fail without a connect attempt ("not asked: it refused the last connection") for a
 /// back-off (25 ms, doubling with each refusal in a row, at most the
 /// cooldown); once it listens again, it counts again within that bound.
 /// The attempts here need the dead node (one of the two others is held),

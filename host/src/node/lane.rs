@@ -35,7 +35,7 @@
 //! request after the cooldown is a probe, and any reply in time ends it.
 //!
 //! A node that refuses connections (a dead process, a closed port) is not
-//! asked either, for a back-off that starts at [`REFUSED_BACKOFF`] and
+//! asked either, deletes included, for a back-off that starts at [`REFUSED_BACKOFF`] and
 //! doubles with each refusal in a row up to the cooldown: without it every
 //! request is a connect attempt (a socket, a refusal, an error carried back
 //! through the driver). The first request after the back-off connects
@@ -158,10 +158,13 @@ impl Lane {
             crate::metrics::node_reply(&self.server.addr, cmd.name(), &reply);
             return PendingReply::ready(reply);
         }
-        if cmd.claims() {
-            let until = self.suspect_until.load(Ordering::Relaxed);
-            if until != 0 && since_epoch(Instant::now()) < until {
-                let why = if self.suspect_why.load(Ordering::Relaxed) == WHY_REFUSED {
+        // A silent node may hold keys, so deletes still go to it; one that
+        // refuses connections takes no delete either.
+        let until = self.suspect_until.load(Ordering::Relaxed);
+        if until != 0 && since_epoch(Instant::now()) < until {
+            let refused = self.suspect_why.load(Ordering::Relaxed) == WHY_REFUSED;
+            if cmd.claims() || refused {
+                let why = if refused {
                     "not asked: it refused the last connection; a connection is tried again \
                      after a back-off"
                         .to_owned()
