@@ -103,27 +103,7 @@ enum Sub {
     },
     /// Quorum members that are Redis Clusters against single processes, in
     /// one run (docs/SCALING.md); needs redis-cli.
-    Scaling {
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Quorum members of each deployment.
-        #[arg(long, default_value_t = 3)]
-        members: usize,
-        /// Masters per cluster member.
-        #[arg(long, default_value_t = 3)]
-        masters: usize,
-        #[arg(long, default_value_t = 32)]
-        clients: usize,
-        /// Seconds per throughput run.
-        #[arg(long, default_value_t = 2.0)]
-        secs: f64,
-        /// Sequential pairs per latency run.
-        #[arg(long, default_value_t = 1000)]
-        iters: usize,
-        /// The concurrency limit; the library's default when not given.
-        #[arg(long)]
-        limit: Option<usize>,
-    },
+    Scaling(scaling::Plan),
     /// (internal) Hold N locks and report this process's memory.
     Rss {
         #[arg(long = "node")]
@@ -160,23 +140,7 @@ fn main() -> Result<()> {
             iters,
             cli_runs,
         }) => rt.block_on(hosts::run(&workspace_root()?, rounds, iters, cli_runs)),
-        Some(Sub::Scaling {
-            rounds,
-            members,
-            masters,
-            clients,
-            secs,
-            iters,
-            limit,
-        }) => rt.block_on(scaling::run(scaling::Plan {
-            rounds,
-            members,
-            masters,
-            clients,
-            secs,
-            iters,
-            limit,
-        })),
+        Some(Sub::Scaling(plan)) => rt.block_on(scaling::run(plan)),
         None => rt.block_on(run(args)),
     }
 }

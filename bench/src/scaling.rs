@@ -21,15 +21,28 @@ use crate::contenders::{Contender, Retry};
 use crate::measure::{Bounds, median};
 
 /// How `scaling` runs.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Plan {
-    pub rounds: usize,
-    pub members: usize,
-    pub masters: usize,
-    pub clients: usize,
-    pub secs: f64,
-    pub iters: usize,
-    /// The concurrency limit of both managers.
-    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Quorum members of each deployment.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// Masters per cluster member.
+    #[arg(long, default_value_t = 3)]
+    masters: usize,
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 2.0)]
+    secs: f64,
+    /// Sequential pairs per latency run.
+    #[arg(long, default_value_t = 1000)]
+    iters: usize,
+    /// The concurrency limit of both managers; the library's default when
+    /// not given.
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 /// One deployment's figures in one round.

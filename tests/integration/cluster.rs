@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use redlock_wasm::local::LocalRedisCluster;
-use redlock_wasm::{AcquireOptions, Check, Error, Level, NodeError, Redlock, Verdict, key_slot};
+use redlock_wasm::{Check, Error, Level, NodeError, Redlock, Verdict, key_slot};
 
 use crate::support::history::{Fenced, History, fence_violations};
-use crate::support::{Inspect, key, start_node};
+use crate::support::{Inspect, key, one_failed_attempt, start_node};
 
 const TTL: Duration = Duration::from_millis(500);
 const NODE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -443,18 +443,11 @@ async fn one_cluster_under_two_members_never_counts_twice() {
         .build()
         .unwrap();
     let k = key("same-cluster");
-    let opts = AcquireOptions::new().retry_count(0);
-    let err = r
-        .acquire_with(&k, Duration::from_secs(2), opts)
-        .await
-        .unwrap_err();
-    let Error::UnableToAcquire(f) = &err else {
-        panic!("{err:?}")
-    };
+    let f = one_failed_attempt(&r, &k, Duration::from_secs(2)).await;
     assert!(
         f.nodes.iter().any(|n| matches!(&n.outcome,
             redlock_wasm::Outcome::Failed(NodeError::Other(m)) if m.contains("same Redis Cluster"))),
-        "{err}"
+        "{f}"
     );
     let err = r.acquire(&k, Duration::from_secs(1)).await.unwrap_err();
     let Error::Config(m) = &err else {

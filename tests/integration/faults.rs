@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use redlock_wasm::{AcquireOptions, CancellationToken, Error, NodeError, Outcome, Redlock};
 
-use crate::support::{Cluster, Inspect, eventually, key};
+use crate::support::{Cluster, Inspect, eventually, key, one_failed_attempt};
 
 const TTL: Duration = Duration::from_secs(10);
 const NODE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -292,7 +292,6 @@ async fn a_refusing_node_is_not_asked_at_every_request() {
         .node_timeout(Duration::from_millis(100))
         .build()
         .unwrap();
-    let opts = AcquireOptions::new().retry_count(0);
     let mut refused = 0;
     let mut not_asked = 0;
     for i in 0..40 {
@@ -300,13 +299,7 @@ async fn a_refusing_node_is_not_asked_at_every_request() {
         let _: () = c.nodes[0]
             .cmd(&["SET", &k, "someone-else", "PX", "10000"])
             .unwrap();
-        let err = r
-            .acquire_with(&k, Duration::from_secs(2), opts.clone())
-            .await
-            .unwrap_err();
-        let Error::UnableToAcquire(f) = &err else {
-            panic!("{err:?}")
-        };
+        let f = one_failed_attempt(&r, &k, Duration::from_secs(2)).await;
         match &f.nodes[2].outcome {
             Outcome::Failed(NodeError::Other(m)) if m.contains("not asked") => {
                 assert!(m.contains("refused the last connection"), "{m}");
@@ -328,20 +321,23 @@ async fn a_refusing_node_is_not_asked_at_every_request() {
     // Listening again: within the back-off's bound (the cooldown, 1 s with
     // this timeout) it is asked and counts once more.
     c.nodes[2].restart().unwrap();
+    every_node_counts_within(&r, &c, Duration::from_secs(3)).await;
+}
+
+/// Acquires fresh keys until every node of `c` holds one (settled), at
+/// most for `bound`: a node that was skipped counts again.
+async fn every_node_counts_within(r: &Redlock, c: &Cluster, bound: Duration) {
     let start = Instant::now();
     loop {
-        let k = key("listening-again");
+        let k = key("counts-again");
         let lock = r.acquire(&k, Duration::from_secs(1)).await.unwrap();
         r.settle(Duration::from_secs(1)).await;
-        let all = c.holding(&k, lock.token()) == 3;
+        let all = c.holding(&k, lock.token()) == c.nodes.len();
         r.release(&lock).await.unwrap();
         if all {
-            break;
+            return;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "the node never counted again"
-        );
+        assert!(start.elapsed() < bound, "a node never counted again");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -386,36 +382,14 @@ async fn a_silent_node_is_not_waited_for_again() {
     for n in &c.nodes[..2] {
         let _: () = n.cmd(&["SET", &k, "someone-else", "PX", "10000"]).unwrap();
     }
-    let opts = AcquireOptions::new().retry_count(0);
-    let err = r
-        .acquire_with(&k, Duration::from_secs(2), opts)
-        .await
-        .unwrap_err();
-    let Error::UnableToAcquire(f) = &err else {
-        panic!("{err:?}")
-    };
+    let f = one_failed_attempt(&r, &k, Duration::from_secs(2)).await;
     assert!(
         matches!(&f.nodes[4].outcome, Outcome::Failed(NodeError::Other(m)) if m.contains("not asked")),
-        "the silent node was asked and waited for: {err}"
+        "the silent node was asked and waited for: {f}"
     );
 
     // It answers again (the held requests are delivered, in order): after
     // the cooldown (1 s at most), it is asked and counts once more.
     proxy.set(Mode::Pass);
-    let start = Instant::now();
-    loop {
-        let k = key("answering-again");
-        let lock = r.acquire(&k, Duration::from_secs(1)).await.unwrap();
-        r.settle(Duration::from_secs(1)).await;
-        let all = c.holding(&k, lock.token()) == 5;
-        r.release(&lock).await.unwrap();
-        if all {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "the node never counted again"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    every_node_counts_within(&r, &c, Duration::from_secs(3)).await;
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use redlock_wasm::local::proxy::{Mode, Proxy};
 use redlock_wasm::{AcquireOptions, Error, NodeError, Outcome, Redlock};
 
-use crate::support::{Cluster, Inspect, key};
+use crate::support::{Cluster, Inspect, key, one_failed_attempt};
 
 const SET_IF_ABSENT: &str = include_str!("../../host/lua/set-if-absent.lua");
 const EXTEND_IF_TOKEN: &str = include_str!("../../host/lua/extend-if-token.lua");
@@ -104,17 +104,10 @@ async fn one_server_under_two_names_never_counts_twice() {
     )
     .unwrap();
     let k = key("same-server");
-    let opts = AcquireOptions::new().retry_count(0);
-    let err = r
-        .acquire_with(&k, Duration::from_secs(2), opts)
-        .await
-        .unwrap_err();
-    let Error::UnableToAcquire(f) = &err else {
-        panic!("{err:?}")
-    };
+    let f = one_failed_attempt(&r, &k, Duration::from_secs(2)).await;
     assert!(
         f.nodes.iter().any(|n| matches!(&n.outcome, Outcome::Failed(NodeError::Other(m)) if m.contains("same Redis server"))),
-        "{err}"
+        "{f}"
     );
     let err = r.acquire(&k, Duration::from_secs(1)).await.unwrap_err();
     let Error::Config(m) = &err else {

@@ -126,6 +126,20 @@ impl Cluster {
 }
 
 /// A unique key per test.
+/// One acquire attempt (no retry, `within` to decide) that must fail to
+/// reach a quorum: the failure, node by node.
+pub async fn one_failed_attempt(
+    r: &redlock_wasm::Redlock,
+    key: &str,
+    within: Duration,
+) -> redlock_wasm::QuorumFailure {
+    let opts = redlock_wasm::AcquireOptions::new().retry_count(0);
+    match r.acquire_with(key, within, opts).await {
+        Err(redlock_wasm::Error::UnableToAcquire(f)) => f,
+        other => panic!("expected a failed quorum: {other:?}"),
+    }
+}
+
 pub fn key(name: &str) -> String {
     format!("test:{name}:{}", std::process::id())
 }
