@@ -101,6 +101,12 @@ enum Sub {
         #[arg(long, default_value_t = 21)]
         cli_runs: usize,
     },
+    /// Only the wasm boundary (5 in-memory nodes): acquire + release pairs,
+    /// for a profiler.
+    Boundary {
+        #[arg(long, default_value_t = 200_000)]
+        pairs: usize,
+    },
     /// Quorum members that are Redis Clusters against single processes, in
     /// one run (docs/SCALING.md); needs redis-cli.
     Scaling(scaling::Plan),
@@ -141,6 +147,15 @@ fn main() -> Result<()> {
             cli_runs,
         }) => rt.block_on(hosts::run(&workspace_root()?, rounds, iters, cli_runs)),
         Some(Sub::Scaling(plan)) => rt.block_on(scaling::run(plan)),
+        Some(Sub::Boundary { pairs }) => rt.block_on(async {
+            let mut m = Round::new();
+            boundary(pairs, 0, &mut m).await?;
+            println!(
+                "one call p50 {:.1} us, acquire + release p50 {:.1} us",
+                m["boundary_call_p50"], m["boundary_pair_p50"]
+            );
+            Ok(())
+        }),
         None => rt.block_on(run(args)),
     }
 }
