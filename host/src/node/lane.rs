@@ -282,10 +282,6 @@ impl Driver {
         tokio::pin!(timer);
         let mut open = true;
         loop {
-            // A SET or an extend that timed out while it waited is not sent
-            // (its caller counted it as failed); a delete always is.
-            self.unsent
-                .retain(|job| !(job.cmd.claims() && job.slot.is_resolved()));
             if !self.unsent.is_empty() {
                 match self.server.current() {
                     // Known only once connected: one server behind two
@@ -297,7 +293,10 @@ impl Driver {
                     }
                     Some(conn) if self.server.cluster.is_some() => self.dispatch(&conn),
                     Some(conn) if inflight.len() < self.settings.limit => {
-                        inflight.push_back(self.write(conn));
+                        self.drop_expired_claims();
+                        if !self.unsent.is_empty() {
+                            inflight.push_back(self.write(conn));
+                        }
                     }
                     // `limit` round trips unanswered: the next write waits.
                     Some(_) => {}
@@ -367,6 +366,7 @@ impl Driver {
     /// way, while fewer than `limit` are on their way; queues the others
     /// behind the one on their key, or leaves them unsent, in order.
     fn dispatch(&mut self, conn: &Conn) {
+        self.drop_expired_claims();
         let mut left = Vec::new();
         for job in std::mem::take(&mut self.unsent) {
             if let Some(waiting) = self.busy.get_mut(job.cmd.key()) {
@@ -449,6 +449,15 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Forgets the unsent SETs and extends that timed out while they waited
+    /// (their callers counted them as failed); a delete always goes. Only
+    /// when something is about to be sent: the queue is scanned once per
+    /// write, not at every wake-up.
+    fn drop_expired_claims(&mut self) {
+        self.unsent
+            .retain(|job| !(job.cmd.claims() && job.slot.is_resolved()));
     }
 
     /// Writes every unsent request as one pipeline on `conn`.
