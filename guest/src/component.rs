@@ -1,6 +1,8 @@
 //! The component glue: implements [`Nodes`] with the `redis-node` import and
 //! WASI, and exports `redlock`. Only type conversions live here.
 
+use std::cell::Cell;
+
 use crate::engine::{self, Nodes, Op, Wake};
 use crate::options::AcquireOptions;
 use crate::quorum::{NodeError, Outcome, Reply};
@@ -24,18 +26,17 @@ struct HostNodes {
     /// The deadline pollable of the last wait, reused while the deadline
     /// stays the same (a round waits several times for one deadline).
     timer: Option<(u64, Pollable)>,
-    /// Nodes whose pollables the last wait reported ready: only their
-    /// replies can have arrived, so only they are asked (`get` is a call
-    /// into the host; before the first wait nothing can be ready).
-    ready: Vec<u32>,
 }
 
-/// A request in flight. Field order matters: the pollable is a child of the
-/// pending reply and must be dropped first.
-struct Pending {
+/// A fan-out in flight. Field order matters: the pollable may be a child of
+/// the fan-out and must be dropped first.
+struct FanOut {
     pollable: Pollable,
-    reply: node::PendingReply,
-    node: u32,
+    fan_out: node::FanOut,
+    /// The last wait reported the pollable ready: only then can `take`
+    /// have something (it is a call into the host; before the first wait
+    /// nothing can have arrived).
+    ready: Cell<bool>,
 }
 
 impl HostNodes {
@@ -44,13 +45,19 @@ impl HostNodes {
             count: node::node_count(),
             cancel: node::cancellation(),
             timer: None,
-            ready: Vec::new(),
         }
     }
 }
 
+fn lease(token: &str, ttl_ms: u64) -> node::Lease {
+    node::Lease {
+        token: token.to_owned(),
+        ttl_ms,
+    }
+}
+
 impl Nodes for HostNodes {
-    type Pending = Pending;
+    type Round = FanOut;
 
     fn count(&self) -> u32 {
         self.count
@@ -64,75 +71,82 @@ impl Nodes for HostNodes {
         wasi::random::random::get_random_u64()
     }
 
-    fn start(&mut self, i: u32, op: &Op<'_>) -> Pending {
-        // A new request: nothing of it can be ready before the next wait.
-        self.ready.retain(|&n| n != i);
-        let reply = match *op {
-            Op::SetIfAbsent { key, token, ttl_ms } => node::set_if_absent(i, key, token, ttl_ms),
-            Op::DeleteIfToken { key, token } => node::delete_if_token(i, key, token),
+    fn send(&mut self, to: &[u32], op: &Op<'_>) -> FanOut {
+        let (key, op) = match *op {
+            Op::SetIfAbsent { key, token, ttl_ms } => {
+                (key, node::Operation::SetIfAbsent(lease(token, ttl_ms)))
+            }
+            Op::DeleteIfToken { key, token } => {
+                (key, node::Operation::DeleteIfToken(token.to_owned()))
+            }
             Op::ExtendIfToken { key, token, ttl_ms } => {
-                node::extend_if_token(i, key, token, ttl_ms)
+                (key, node::Operation::ExtendIfToken(lease(token, ttl_ms)))
             }
-            Op::SetIfAbsentFenced { key, token, ttl_ms } => {
-                node::set_if_absent_fenced(i, key, token, ttl_ms)
-            }
-            Op::RaiseFence { key, fence } => node::raise_fence(i, key, fence),
+            Op::SetIfAbsentFenced { key, token, ttl_ms } => (
+                key,
+                node::Operation::SetIfAbsentFenced(lease(token, ttl_ms)),
+            ),
+            Op::RaiseFence { key, fence } => (key, node::Operation::RaiseFence(fence)),
         };
-        Pending {
-            pollable: reply.subscribe(),
-            reply,
-            node: i,
+        let fan_out = node::send(to, key, &op);
+        FanOut {
+            pollable: fan_out.subscribe(),
+            fan_out,
+            ready: Cell::new(false),
         }
     }
 
-    fn reply(&mut self, p: &mut Pending) -> Option<Reply> {
-        if !self.ready.contains(&p.node) {
-            return None;
+    fn take(&mut self, round: &mut FanOut, into: &mut Vec<(u32, Reply)>) {
+        if !round.ready.replace(false) {
+            return;
         }
-        let Some(r) = p.reply.get() else {
-            // Woken by progress that is not the reply yet (see the WIT):
-            // wait for the next step. Never happens with the wasmtime host.
-            p.pollable = p.reply.subscribe();
-            return None;
-        };
-        Some(match r {
-            node::Reply::Done => Reply::Done,
-            node::Reply::Refused => Reply::Refused,
-            node::Reply::Failed(e) => Reply::Failed(e.into()),
-            node::Reply::Fence(v) => Reply::Fence(v),
-        })
+        let replies = round.fan_out.take();
+        if replies.is_empty() {
+            // Woken by progress that is not a reply yet (see the WIT): wait
+            // for the next step. Never happens with the wasmtime host.
+            round.pollable = round.fan_out.subscribe();
+        }
+        into.extend(replies.into_iter().map(|r| {
+            let reply = match r.reply {
+                node::Reply::Done => Reply::Done,
+                node::Reply::Refused => Reply::Refused,
+                node::Reply::Failed(e) => Reply::Failed(e.into()),
+                node::Reply::Fence(v) => Reply::Fence(v),
+            };
+            (r.node, reply)
+        }));
     }
 
-    fn wait(&mut self, pending: &[&Pending], until_ns: u64) -> Wake {
+    fn wait(&mut self, round: Option<&FanOut>, until_ns: u64) -> Wake {
         if self.timer.as_ref().is_none_or(|(at, _)| *at != until_ns) {
             self.timer = Some((until_ns, monotonic_clock::subscribe_instant(until_ns)));
         }
         let Some((_, timer)) = &self.timer else {
             unreachable!("set above")
         };
-        let mut set: Vec<&Pollable> = Vec::with_capacity(pending.len() + 2);
-        set.extend(pending.iter().map(|p| &p.pollable));
+        let mut set: Vec<&Pollable> = Vec::with_capacity(3);
         set.push(timer);
         if let Some(cancel) = &self.cancel {
             set.push(cancel);
         }
+        if let Some(r) = round {
+            set.push(&r.pollable);
+        }
         let ready = poll(&set);
-        let n = pending.len() as u32;
-        self.ready.clear();
-        self.ready.extend(
-            ready
-                .iter()
-                .filter(|&&i| i < n)
-                .map(|&i| pending[i as usize].node),
-        );
-        if self.cancel.is_some() && ready.contains(&(n + 1)) {
+        // Indices: 0 the timer, then the cancellation if any, then the round.
+        let round_at = set.len() as u32 - 1;
+        let progress = round.is_some() && ready.contains(&round_at);
+        if let Some(r) = round {
+            r.ready.set(progress);
+        }
+        if self.cancel.is_some() && ready.contains(&1) {
             self.cancel = None;
             return Wake::Cancelled;
         }
-        if self.ready.is_empty() {
-            Wake::Deadline
-        } else {
+        if progress {
             Wake::Progress
+        } else {
+            Wake::Deadline
         }
     }
 }

@@ -94,8 +94,8 @@ pub enum Wake {
 /// randomness and a way to wait. The component implements it with WASI and
 /// the `redis-node` import; the tests with a simulated cluster and clock.
 pub trait Nodes {
-    /// A request in flight on one node.
-    type Pending;
+    /// One operation on its way to several nodes.
+    type Round;
 
     /// Configured node count, N.
     fn count(&self) -> u32;
@@ -103,15 +103,16 @@ pub trait Nodes {
     fn now_ns(&mut self) -> u64;
     /// Cryptographically secure random bits.
     fn random_u64(&mut self) -> u64;
-    /// Sends `op` to `node` without waiting.
-    fn start(&mut self, node: u32, op: &Op<'_>) -> Self::Pending;
-    /// The reply, if it has arrived. May refresh what `pending` waits on.
-    fn reply(&mut self, pending: &mut Self::Pending) -> Option<Reply>;
-    /// Blocks until one of `pending` may have a reply, `until_ns` passes, or
-    /// cancellation is requested. With `pending` empty, a cancellable sleep.
+    /// Sends `op` to each node in `to` (each once) without waiting.
+    fn send(&mut self, to: &[u32], op: &Op<'_>) -> Self::Round;
+    /// Appends to `into` the replies of `round` that arrived since the last
+    /// call, as (node, reply). May refresh what `round` waits on.
+    fn take(&mut self, round: &mut Self::Round, into: &mut Vec<(u32, Reply)>);
+    /// Blocks until `round` may have a new reply, `until_ns` passes, or
+    /// cancellation is requested. With no round, a cancellable sleep.
     /// [`Wake::Cancelled`] is reported once; later waits ignore cancellation
     /// so that the cleanup after it can run.
-    fn wait(&mut self, pending: &[&Self::Pending], until_ns: u64) -> Wake;
+    fn wait(&mut self, round: Option<&Self::Round>, until_ns: u64) -> Wake;
 
     /// A fresh lock token: 128 random bits as 32 lowercase hex digits.
     fn token(&mut self) -> String {
@@ -211,41 +212,43 @@ fn round_from<N: Nodes>(
     let n = nodes.count();
     let mut tally = Tally::new(n);
     let mut outcomes = vec![Outcome::NoReply; n as usize];
-    let mut pending: Vec<Option<N::Pending>> = Vec::with_capacity(n as usize);
+    // Per node: asked, and not answered yet.
+    let mut waiting = vec![false; n as usize];
+    let mut to = Vec::with_capacity(n as usize);
     for i in 0..n {
         if done.get(i as usize).copied().unwrap_or(false) {
             tally.record(&Reply::Done);
             outcomes[i as usize] = Outcome::Done;
-            pending.push(None);
         } else {
-            pending.push(Some(nodes.start(i, op)));
+            waiting[i as usize] = true;
+            to.push(i);
         }
     }
+    let mut fan_out = (!to.is_empty()).then(|| nodes.send(&to, op));
     let mut fences = vec![None; n as usize];
+    let mut arrived = Vec::with_capacity(n as usize);
     loop {
-        for ((slot, outcome), counter) in pending
-            .iter_mut()
-            .zip(outcomes.iter_mut())
-            .zip(fences.iter_mut())
-        {
-            if let Some(reply) = slot.as_mut().and_then(|p| nodes.reply(p)) {
-                let reply = op.accept(reply);
-                tally.record(&reply);
-                if let Reply::Fence(v) = reply {
-                    *counter = Some(v);
-                }
-                *outcome = reply.into();
-                *slot = None;
+        if let Some(f) = fan_out.as_mut() {
+            nodes.take(f, &mut arrived);
+        }
+        for (i, reply) in arrived.drain(..) {
+            // Only a node asked and not yet answered counts, once.
+            let Some(w) = waiting.get_mut(i as usize).filter(|w| **w) else {
+                continue;
+            };
+            *w = false;
+            let reply = op.accept(reply);
+            tally.record(&reply);
+            if let Reply::Fence(v) = reply {
+                fences[i as usize] = Some(v);
             }
+            outcomes[i as usize] = reply.into();
         }
         let decided = match (until, tally.decision()) {
             (Until::Decided, Decision::Reached) => Some(End::Reached),
             (Until::Decided, Decision::Impossible) => Some(End::Impossible),
             (Until::Answered(wanted), d)
-                if pending
-                    .iter()
-                    .zip(wanted)
-                    .all(|(slot, &w)| slot.is_none() || !w) =>
+                if waiting.iter().zip(wanted).all(|(&w, &want)| !w || !want) =>
             {
                 Some(match d {
                     Decision::Reached => End::Reached,
@@ -261,8 +264,7 @@ fn round_from<N: Nodes>(
                 fences,
             };
         }
-        let live: Vec<&N::Pending> = pending.iter().flatten().collect();
-        let end = match nodes.wait(&live, until_ns) {
+        let end = match nodes.wait(fan_out.as_ref(), until_ns) {
             Wake::Progress => continue,
             Wake::Deadline => End::DeadlinePassed,
             Wake::Cancelled => End::Cancelled,
@@ -447,7 +449,7 @@ pub fn acquire<N: Nodes>(
                 nodes: reported.unwrap_or_default(),
             }));
         }
-        if nodes.wait(&[], wake_at) == Wake::Cancelled {
+        if nodes.wait(None, wake_at) == Wake::Cancelled {
             return Err(Error::Cancelled);
         }
     }

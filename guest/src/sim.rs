@@ -352,7 +352,7 @@ impl Sim {
     }
 
     /// Sends `op` to `node` now, on behalf of `from`.
-    pub fn send(&mut self, from: Sender, node: u32, op: &Op<'_>) -> SimPending {
+    pub fn send_one(&mut self, from: Sender, node: u32, op: &Op<'_>) -> SimPending {
         self.deliver();
         let now = self.clock;
         if let Some((at, _)) = &self.switch
@@ -510,13 +510,31 @@ fn redis_apply(node: &mut SimNode, now: u64, op: &Op<'_>) -> Reply {
     }
 }
 
-/// When the earliest of `pending` is back (`None`: never).
-fn next_ready(pending: &[&SimPending]) -> Option<u64> {
-    pending.iter().filter_map(|p| p.ready_at).min()
+/// A round's requests still unanswered, by node.
+pub type SimRound = Vec<(u32, SimPending)>;
+
+/// When the earliest of `round` is back (`None`: never).
+fn next_ready(round: Option<&SimRound>) -> Option<u64> {
+    round
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, p)| p.ready_at)
+        .min()
+}
+
+/// Moves the answered requests of `round` to `into`.
+fn take_from(sim: &mut Sim, round: &mut SimRound, into: &mut Vec<(u32, Reply)>) {
+    round.retain(|(node, p)| match sim.poll(p) {
+        Some(reply) => {
+            into.push((*node, reply));
+            false
+        }
+        None => true,
+    });
 }
 
 impl Nodes for Sim {
-    type Pending = SimPending;
+    type Round = SimRound;
 
     fn count(&self) -> u32 {
         self.nodes.len() as u32
@@ -530,16 +548,18 @@ impl Nodes for Sim {
         self.next_random()
     }
 
-    fn start(&mut self, node: u32, op: &Op<'_>) -> SimPending {
-        self.send(Sender::default(), node, op)
+    fn send(&mut self, to: &[u32], op: &Op<'_>) -> SimRound {
+        (to.iter())
+            .map(|&node| (node, self.send_one(Sender::default(), node, op)))
+            .collect()
     }
 
-    fn reply(&mut self, p: &mut SimPending) -> Option<Reply> {
-        self.poll(p)
+    fn take(&mut self, round: &mut SimRound, into: &mut Vec<(u32, Reply)>) {
+        take_from(self, round, into);
     }
 
-    fn wait(&mut self, pending: &[&SimPending], until_ns: u64) -> Wake {
-        let next = next_ready(pending);
+    fn wait(&mut self, round: Option<&SimRound>, until_ns: u64) -> Wake {
+        let next = next_ready(round);
         if let Some(c) = self.cancel_at
             && c <= until_ns
             && next.is_none_or(|t| c <= t)
@@ -686,7 +706,7 @@ impl Drop for AbortOnPanic<'_> {
 }
 
 impl Nodes for Client<'_> {
-    type Pending = SimPending;
+    type Round = SimRound;
 
     fn count(&self) -> u32 {
         self.stage.lock().sim.nodes.len() as u32
@@ -700,21 +720,24 @@ impl Nodes for Client<'_> {
         self.stage.lock().sim.next_random()
     }
 
-    fn start(&mut self, node: u32, op: &Op<'_>) -> SimPending {
+    fn send(&mut self, to: &[u32], op: &Op<'_>) -> SimRound {
         let from = Sender {
             client: self.id,
             call: self.call,
         };
-        self.stage.lock().sim.send(from, node, op)
+        let mut st = self.stage.lock();
+        (to.iter())
+            .map(|&node| (node, st.sim.send_one(from, node, op)))
+            .collect()
     }
 
-    fn reply(&mut self, p: &mut SimPending) -> Option<Reply> {
-        self.stage.lock().sim.poll(p)
+    fn take(&mut self, round: &mut SimRound, into: &mut Vec<(u32, Reply)>) {
+        take_from(&mut self.stage.lock().sim, round, into);
     }
 
     /// Cancellation is not simulated here.
-    fn wait(&mut self, pending: &[&SimPending], until_ns: u64) -> Wake {
-        let next = next_ready(pending);
+    fn wait(&mut self, round: Option<&SimRound>, until_ns: u64) -> Wake {
+        let next = next_ready(round);
         let wake = next.map_or(until_ns, |t| t.min(until_ns));
         let mut st = self.stage.lock();
         st.wake[self.id] = Some(wake);

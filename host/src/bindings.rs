@@ -7,7 +7,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
     with: {
         "wasi": wasmtime_wasi::p2::bindings,
-        "redlock:core/redis-node.pending-reply": crate::node::PendingReply,
+        "redlock:core/redis-node.fan-out": crate::node::FanOut,
     },
 });
 

@@ -44,8 +44,8 @@ pub const MAX_INSTANCES: usize = 256;
 /// Default cap on a guest's linear memory. The core needs well under 2 MiB.
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
 
-/// Most live resources (pending replies, pollables) one call may hold. A
-/// call needs about 2 per node.
+/// Most live resources (fan-outs, pollables) one call may hold. A call
+/// needs 4 at a time: a fan-out, its pollable, a timer and a cancellation.
 const MAX_RESOURCES: usize = 4096;
 
 /// Idle warm instances kept per process (per lock core) for reuse.

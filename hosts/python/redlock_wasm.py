@@ -34,7 +34,7 @@ from typing import Optional
 from wasmtime import Engine, Store, WasiConfig, _ffi
 from wasmtime.component import Component, Linker, Record, Variant
 
-INTERFACE = "redlock:core/redlock@0.1.0"
+INTERFACE = "redlock:core/redlock@0.2.0"
 DEFAULT_WASM = Path(__file__).resolve().parents[2] / "host/core/redlock-portable.wasm"
 
 

@@ -78,7 +78,7 @@ fn interface_names(wasm: &[u8]) -> (Vec<String>, Vec<String>) {
 fn portable_component_imports_only_standard_wasi() {
     let wasm = std::fs::read(PORTABLE_WASM).unwrap();
     let (imports, exports) = interface_names(&wasm);
-    assert_eq!(exports, ["redlock:core/redlock@0.1.0"]);
+    assert_eq!(exports, ["redlock:core/redlock@0.2.0"]);
     for name in &imports {
         assert!(
             name.starts_with("wasi:") && name.contains("@0.2."),
@@ -104,9 +104,9 @@ fn portable_component_imports_only_standard_wasi() {
 fn plugin_component_gets_locks_and_nothing_else() {
     let (imports, exports) = interface_names(plugin_host::PLUGIN_WASM);
     assert_eq!(exports, ["redlock:plugin-example/job@0.1.0"]);
-    assert!(imports.iter().any(|n| n == "redlock:core/redis-node@0.1.0"));
+    assert!(imports.iter().any(|n| n == "redlock:core/redis-node@0.2.0"));
     for name in &imports {
-        let allowed = name == "redlock:core/redis-node@0.1.0"
+        let allowed = name == "redlock:core/redis-node@0.2.0"
             || ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/"]
                 .iter()
                 .any(|p| name.starts_with(p));
@@ -996,7 +996,7 @@ impl Portable {
             .await
             .unwrap();
         let iface = instance
-            .get_export_index(&mut store, None, "redlock:core/redlock@0.1.0")
+            .get_export_index(&mut store, None, "redlock:core/redlock@0.2.0")
             .unwrap();
         let mut func = |name: &str| {
             let idx = instance

@@ -167,7 +167,7 @@ async fn hostile_cores_are_stopped_by_the_limit_meant_for_them() {
         "alloc: stopped growing to {grown} bytes: {msg}"
     );
     served_next(&hostile, "alloc").await;
-    // Pending replies never dropped: the resource table is full at its cap
+    // Fan-outs never dropped: the resource table is full at its cap
     // long before the time cap.
     let (msg, took) = stopped_within(&hostile, "leak", budget, within).await;
     assert_eq!(
@@ -235,7 +235,7 @@ async fn a_core_that_leaves_resources_behind_is_not_reused() {
     for _ in 0..3 {
         let said = reported(&r, "forget").await;
         assert!(
-            said.starts_with("left pending replies behind in instance "),
+            said.starts_with("left fan-outs behind in instance "),
             "{said}"
         );
         let id = instance_of(&said);

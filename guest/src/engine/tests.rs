@@ -406,7 +406,7 @@ fn a_token_is_two_random_draws_as_32_lowercase_hex_digits() {
     /// A random source that replays fixed draws; no I/O.
     struct Draws(std::collections::VecDeque<u64>);
     impl Nodes for Draws {
-        type Pending = ();
+        type Round = ();
         fn count(&self) -> u32 {
             0
         }
@@ -416,11 +416,9 @@ fn a_token_is_two_random_draws_as_32_lowercase_hex_digits() {
         fn random_u64(&mut self) -> u64 {
             self.0.pop_front().expect("a draw left")
         }
-        fn start(&mut self, _: u32, _: &Op<'_>) {}
-        fn reply(&mut self, _: &mut ()) -> Option<Reply> {
-            None
-        }
-        fn wait(&mut self, _: &[&()], _: u64) -> Wake {
+        fn send(&mut self, _: &[u32], _: &Op<'_>) {}
+        fn take(&mut self, _: &mut (), _: &mut Vec<(u32, Reply)>) {}
+        fn wait(&mut self, _: Option<&()>, _: u64) -> Wake {
             Wake::Deadline
         }
     }

@@ -3,6 +3,8 @@
 //! load scripts), what their replies mean, and how redis-rs errors become
 //! what the guest sees. The one place host errors are converted.
 
+use std::sync::Arc;
+
 use redis::{RedisError, Script, Value};
 
 use crate::bindings::node::{NodeError, Reply};
@@ -112,28 +114,28 @@ impl Scripts {
 /// One of the Redlock operations, with the key as stored in Redis.
 pub(crate) enum Command {
     SetIfAbsent {
-        key: String,
-        token: String,
+        key: Arc<str>,
+        token: Arc<str>,
         ttl_ms: u64,
     },
     DeleteIfToken {
-        key: String,
-        token: String,
+        key: Arc<str>,
+        token: Arc<str>,
     },
     ExtendIfToken {
-        key: String,
-        token: String,
+        key: Arc<str>,
+        token: Arc<str>,
         ttl_ms: u64,
     },
     /// `key` is the lock key; the counter is [`fence_key`] of it.
     SetIfAbsentFenced {
-        key: String,
-        token: String,
+        key: Arc<str>,
+        token: Arc<str>,
         ttl_ms: u64,
     },
     /// `key` is the lock key; the counter is [`fence_key`] of it.
     RaiseFence {
-        key: String,
+        key: Arc<str>,
         fence: u64,
     },
 }
@@ -228,13 +230,17 @@ impl Command {
         match self {
             Command::SetIfAbsent { key, token, ttl_ms }
             | Command::ExtendIfToken { key, token, ttl_ms } => {
-                cmd.arg(1).arg(key).arg(token).arg(*ttl_ms);
+                cmd.arg(1).arg(&**key).arg(&**token).arg(*ttl_ms);
             }
             Command::DeleteIfToken { key, token } => {
-                cmd.arg(1).arg(key).arg(token);
+                cmd.arg(1).arg(&**key).arg(&**token);
             }
             Command::SetIfAbsentFenced { key, token, ttl_ms } => {
-                cmd.arg(2).arg(key).arg(fence(key)).arg(token).arg(*ttl_ms);
+                cmd.arg(2)
+                    .arg(&**key)
+                    .arg(fence(key))
+                    .arg(&**token)
+                    .arg(*ttl_ms);
             }
             Command::RaiseFence { key, fence: value } => {
                 cmd.arg(1).arg(fence(key)).arg(*value);

@@ -54,7 +54,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::command::{Command, Scripts, breaks_connection, classify};
 use super::conn::{Conn, Server};
-use super::pending::{PendingReply, Slot};
+use super::pending::Slot;
 use crate::bindings::node::{NodeError, Reply};
 
 /// Timeouts in a row after which a node is suspect.
@@ -118,7 +118,7 @@ impl Work {
 /// One request on its way to the driver.
 struct Job {
     cmd: Command,
-    slot: Arc<Slot>,
+    slot: Slot,
 }
 
 /// A node's lane, as the context holds it.
@@ -146,17 +146,20 @@ impl Lane {
         }
     }
 
-    /// Sends `cmd` behind every request made before it on this node.
-    pub(super) fn send(&self, cmd: Command) -> PendingReply {
+    /// Sends `cmd` behind every request made before it on this node; its
+    /// reply lands in `slot`.
+    pub(super) fn send(&self, cmd: Command, slot: Slot) {
         if let Some(reply) = self.server.refusal() {
-            return PendingReply::ready(reply);
+            slot.resolve(reply);
+            return;
         }
         if self.server.cluster.is_some()
             && let Err(why) = cmd.fits_one_slot()
         {
             let reply = Reply::Failed(NodeError::Other(why));
             crate::metrics::node_reply(&self.server.addr, cmd.name(), &reply);
-            return PendingReply::ready(reply);
+            slot.resolve(reply);
+            return;
         }
         // A silent node may hold keys, so deletes still go to it; one that
         // refuses connections takes no delete either.
@@ -178,27 +181,25 @@ impl Lane {
                 };
                 let reply = Reply::Failed(NodeError::Other(why));
                 crate::metrics::node_reply(&self.server.addr, cmd.name(), &reply);
-                return PendingReply::ready(reply);
+                slot.resolve(reply);
+                return;
             }
         }
-        let slot = Arc::new(Slot::default());
-        let mut job = Job {
-            cmd,
-            slot: slot.clone(),
-        };
+        let mut job = Job { cmd, slot };
         self.settings.work.begin();
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = queue.as_ref() {
             match tx.send(job) {
-                Ok(()) => return PendingReply::waiting(slot),
+                Ok(()) => return,
                 Err(mpsc::error::SendError(back)) => job = back,
             }
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             self.settings.work.end();
-            return PendingReply::ready(Reply::Failed(NodeError::Other(
+            job.slot.resolve(Reply::Failed(NodeError::Other(
                 "the redis-node capability needs a tokio runtime".into(),
             )));
+            return;
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(job);
@@ -219,7 +220,6 @@ impl Lane {
             sent: FuturesUnordered::new(),
         };
         rt.spawn(driver.run());
-        PendingReply::waiting(slot)
     }
 }
 
@@ -235,7 +235,7 @@ fn since_epoch(t: Instant) -> u64 {
 /// A request the driver took from the queue.
 struct Admitted {
     cmd: Command,
-    slot: Arc<Slot>,
+    slot: Slot,
     /// Already sent once on a connection that broke.
     resent: bool,
     /// Send as EVAL with the script's text (a cluster shard answered
@@ -257,7 +257,7 @@ struct Driver {
     queue: mpsc::UnboundedReceiver<Job>,
     /// Admitted requests in the order admitted, with their deadlines; some
     /// may be answered already (taken off when they reach the front).
-    deadlines: VecDeque<(Instant, Arc<Slot>, &'static str)>,
+    deadlines: VecDeque<(Instant, Slot, &'static str)>,
     /// Admitted and neither answered nor timed out: counts against the limit.
     unresolved: usize,
     /// Admitted and waiting for a connection.

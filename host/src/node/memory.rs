@@ -4,7 +4,7 @@
 //! the host without Redis, and for tests of code that takes locks.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::KeyState;
@@ -18,8 +18,8 @@ pub(super) struct Memory(Mutex<State>);
 
 #[derive(Default)]
 struct State {
-    keys: HashMap<String, (String, Instant)>,
-    fences: HashMap<String, u64>,
+    keys: HashMap<Arc<str>, (Arc<str>, Instant)>,
+    fences: HashMap<Arc<str>, u64>,
 }
 
 /// The fence floor: the wall clock rounded down to the whole second, in
@@ -98,7 +98,7 @@ impl Memory {
         let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let live = state.keys.get(key).filter(|(_, exp)| *exp > now);
         KeyState {
-            holder: live.map(|(t, _)| t.clone()),
+            holder: live.map(|(t, _)| t.to_string()),
             ttl: live.map(|(_, exp)| *exp - now),
         }
     }

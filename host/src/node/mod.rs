@@ -10,9 +10,9 @@
 //! (`command`: its wire form and what its replies mean), its node's lane
 //! (`lane`: order, the per-node limit, batching, the timeout, suspicion)
 //! writes it on the node's connection (`conn`: connecting, loading the
-//! scripts, the server's identity), and its reply lands in the
-//! [`PendingReply`] the guest polls (`pending`). In-memory nodes (`memory`)
-//! answer at once.
+//! scripts, the server's identity), and its reply lands in the [`FanOut`]
+//! the guest polls (`pending`: one per round, not per node). In-memory
+//! nodes (`memory`) answer at once.
 
 mod builder;
 mod command;
@@ -30,18 +30,18 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynPollable, subscribe};
 
 use crate::addr::NodeAddr;
-use crate::bindings::node::{self, Reply};
+use crate::bindings::node::{self, Operation, Reply};
 use crate::error::NodeError;
 
 pub use builder::{DEFAULT_CONCURRENCY, DEFAULT_NODE_TIMEOUT, RedisNodeCtxBuilder};
 pub(crate) use command::Command;
 pub use command::key_slot;
 pub use lane::SUSPECT_AFTER;
-pub use pending::PendingReply;
+pub use pending::FanOut;
 
 use lane::{Lane, Settings};
 use memory::Memory;
-use pending::Cancellation;
+use pending::{Cancellation, Slot};
 
 /// The state of the `redis-node` capability: node connections, the per-node
 /// timeout, the concurrency limit and the key prefix. Cheap to clone; clones
@@ -308,21 +308,55 @@ impl RedisNodeCtx {
         }
     }
 
-    /// Sends `cmd` to node `node`: answered at once by an in-memory node,
-    /// otherwise queued on the node's lane behind every earlier request.
-    pub(crate) fn send(&self, node: u32, cmd: Command) -> PendingReply {
+    /// Sends `cmd` to node `node`, its reply to land in `slot`: answered
+    /// at once by an in-memory node, otherwise queued on the node's lane
+    /// behind every earlier request.
+    fn send(&self, node: u32, cmd: Command, slot: Slot) {
         match self.inner.nodes.get(node as usize) {
-            Some(Node::Redis(lane)) => lane.send(cmd),
+            Some(Node::Redis(lane)) => lane.send(cmd, slot),
             Some(Node::Memory(addr, memory)) => {
                 let reply = memory.apply(&cmd);
                 crate::metrics::node_reply(addr, cmd.name(), &reply);
-                PendingReply::ready(reply)
+                slot.resolve(reply);
             }
-            None => PendingReply::ready(Reply::Failed(node::NodeError::Other(format!(
-                "no node {node}: there are {}",
-                self.inner.nodes.len()
-            )))),
+            None => {
+                slot.resolve(Reply::Failed(node::NodeError::Other(format!(
+                    "no node {node}: there are {}",
+                    self.inner.nodes.len()
+                ))));
+            }
         }
+    }
+
+    /// Sends `op` on `key` (as the guest names it) to each of `nodes`.
+    pub(crate) fn fan_out(&self, nodes: &[u32], key: String, op: Operation) -> FanOut {
+        let key: Arc<str> = self.prefixed(key).into();
+        let fan_out = FanOut::new(nodes);
+        let (token, ttl_ms): (Arc<str>, u64) = match &op {
+            Operation::SetIfAbsent(l)
+            | Operation::ExtendIfToken(l)
+            | Operation::SetIfAbsentFenced(l) => (Arc::from(l.token.as_str()), l.ttl_ms),
+            Operation::DeleteIfToken(t) => (Arc::from(t.as_str()), 0),
+            Operation::RaiseFence(_) => (Arc::from(""), 0),
+        };
+        for (at, &i) in nodes.iter().enumerate() {
+            let (key, token) = (key.clone(), token.clone());
+            let cmd = match op {
+                Operation::SetIfAbsent(_) => {
+                    crate::metrics::set_sent();
+                    Command::SetIfAbsent { key, token, ttl_ms }
+                }
+                Operation::DeleteIfToken(_) => Command::DeleteIfToken { key, token },
+                Operation::ExtendIfToken(_) => Command::ExtendIfToken { key, token, ttl_ms },
+                Operation::SetIfAbsentFenced(_) => {
+                    crate::metrics::set_sent();
+                    Command::SetIfAbsentFenced { key, token, ttl_ms }
+                }
+                Operation::RaiseFence(fence) => Command::RaiseFence { key, fence },
+            };
+            self.send(i, cmd, fan_out.slot(at));
+        }
+        fan_out
     }
 }
 
@@ -362,10 +396,6 @@ impl<'a> RedisNode<'a> {
         self.cancel = token;
         self
     }
-
-    fn pending(&mut self, node: u32, cmd: Command) -> wasmtime::Result<Resource<PendingReply>> {
-        Ok(self.table.push(self.ctx.send(node, cmd))?)
-    }
 }
 
 impl node::Host for RedisNode<'_> {
@@ -373,59 +403,13 @@ impl node::Host for RedisNode<'_> {
         Ok(self.ctx.len() as u32)
     }
 
-    fn set_if_absent(
+    fn send(
         &mut self,
-        node: u32,
+        nodes: Vec<u32>,
         key: String,
-        token: String,
-        ttl_ms: u64,
-    ) -> wasmtime::Result<Resource<PendingReply>> {
-        let key = self.ctx.prefixed(key);
-        crate::metrics::set_sent();
-        self.pending(node, Command::SetIfAbsent { key, token, ttl_ms })
-    }
-
-    fn delete_if_token(
-        &mut self,
-        node: u32,
-        key: String,
-        token: String,
-    ) -> wasmtime::Result<Resource<PendingReply>> {
-        let key = self.ctx.prefixed(key);
-        self.pending(node, Command::DeleteIfToken { key, token })
-    }
-
-    fn extend_if_token(
-        &mut self,
-        node: u32,
-        key: String,
-        token: String,
-        ttl_ms: u64,
-    ) -> wasmtime::Result<Resource<PendingReply>> {
-        let key = self.ctx.prefixed(key);
-        self.pending(node, Command::ExtendIfToken { key, token, ttl_ms })
-    }
-
-    fn set_if_absent_fenced(
-        &mut self,
-        node: u32,
-        key: String,
-        token: String,
-        ttl_ms: u64,
-    ) -> wasmtime::Result<Resource<PendingReply>> {
-        let key = self.ctx.prefixed(key);
-        crate::metrics::set_sent();
-        self.pending(node, Command::SetIfAbsentFenced { key, token, ttl_ms })
-    }
-
-    fn raise_fence(
-        &mut self,
-        node: u32,
-        key: String,
-        fence: u64,
-    ) -> wasmtime::Result<Resource<PendingReply>> {
-        let key = self.ctx.prefixed(key);
-        self.pending(node, Command::RaiseFence { key, fence })
+        op: Operation,
+    ) -> wasmtime::Result<Resource<FanOut>> {
+        Ok(self.table.push(self.ctx.fan_out(&nodes, key, op))?)
     }
 
     fn cancellation(&mut self) -> wasmtime::Result<Option<Resource<DynPollable>>> {
@@ -437,19 +421,16 @@ impl node::Host for RedisNode<'_> {
     }
 }
 
-impl node::HostPendingReply for RedisNode<'_> {
-    fn subscribe(
-        &mut self,
-        this: Resource<PendingReply>,
-    ) -> wasmtime::Result<Resource<DynPollable>> {
+impl node::HostFanOut for RedisNode<'_> {
+    fn subscribe(&mut self, this: Resource<FanOut>) -> wasmtime::Result<Resource<DynPollable>> {
         subscribe(self.table, this)
     }
 
-    fn get(&mut self, this: Resource<PendingReply>) -> wasmtime::Result<Option<Reply>> {
-        Ok(self.table.get(&this)?.reply().cloned())
+    fn take(&mut self, this: Resource<FanOut>) -> wasmtime::Result<Vec<node::NodeReply>> {
+        Ok(self.table.get_mut(&this)?.take())
     }
 
-    fn drop(&mut self, this: Resource<PendingReply>) -> wasmtime::Result<()> {
+    fn drop(&mut self, this: Resource<FanOut>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
     }

@@ -7,11 +7,11 @@
 //! the lock core waits on the pollables handed out here, and every `get`
 //! makes as much progress as the socket allows.
 //!
-//! Every pending reply's pollable is a monotonic-clock one (see
-//! `timing`): ready at once while the request is young, then at growing
-//! gaps, and at the request's deadline (the per-node timeout) exactly,
-//! when `get` returns `failed(timeout)`. When `get` returns `none` the core
-//! subscribes again (see `pending-reply` in the WIT). No pollable handed out
+//! A fan-out's pollable is a monotonic-clock one (see `timing`): ready at
+//! once while its youngest unanswered request is young, then at growing
+//! gaps, and at a request's deadline (the per-node timeout) exactly, when
+//! `take` returns its `failed(timeout)`. When `take` returns nothing the
+//! core subscribes again (see `fan-out` in the WIT). No pollable handed out
 //! is a child of a socket or stream, so connections can be replaced at any
 //! time.
 
@@ -33,7 +33,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use exports::redlock::core::redis_node::{self as api, NodeError, Reply};
+use exports::redlock::core::redis_node::{self as api, NodeError, NodeReply, Operation, Reply};
 use wasi::clocks::monotonic_clock;
 use wasi::io::poll::Pollable;
 use wasi::sockets::instance_network;
@@ -86,20 +86,21 @@ impl Plug {
         n.send(network, command, now, deadline, &timing)
     }
 
-    /// Makes every step `node` allows now, and writes what the other nodes
-    /// have queued.
-    fn pump(&mut self, node: u32, now: u64) {
+    /// Makes every step the nodes marked in `read` allow now, and writes
+    /// what the other nodes have queued.
+    fn pump(&mut self, read: &[bool], now: u64) {
         let network = self
             .network
             .get_or_insert_with(instance_network::instance_network);
-        for (i, n) in (0u32..).zip(self.nodes.iter_mut()) {
-            n.pump(network, now, i == node);
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            n.pump(network, now, read.get(i).copied().unwrap_or(false));
         }
     }
 }
 
-/// The exported `pending-reply`.
-pub struct PendingReply(RefCell<Request>);
+/// The exported `fan-out`: one request per node, each `None` once `take`
+/// returned its reply.
+pub struct FanOut(RefCell<Vec<Option<Request>>>);
 
 struct Request {
     node: u32,
@@ -113,41 +114,79 @@ struct Request {
     resend: Option<Command>,
 }
 
-impl api::GuestPendingReply for PendingReply {
-    fn subscribe(&self) -> Pollable {
-        let r = self.0.borrow();
-        if r.slot.get().is_some() {
-            return ready_now();
+impl Request {
+    /// The reply, once there is one: a timeout at the deadline; a broken
+    /// connection that was open before is tried once more for a command
+    /// that may run twice.
+    fn reply(&mut self, now: u64) -> Option<Reply> {
+        if self.slot.get().is_none() && now >= self.deadline {
+            self.slot.set(Reply::Failed(NodeError::Timeout));
         }
-        match next_check(r.sent_at, r.deadline, monotonic_clock::now()) {
-            Check::Now => ready_now(),
-            Check::At(t) => monotonic_clock::subscribe_instant(t),
-        }
-    }
-
-    fn get(&self) -> Option<Reply> {
-        let mut r = self.0.borrow_mut();
-        let now = monotonic_clock::now();
-        if r.slot.get().is_none() {
-            PLUG.with(|p| p.borrow_mut().pump(r.node, now));
-            if now >= r.deadline {
-                r.slot.set(Reply::Failed(NodeError::Timeout));
-            }
-        }
-        let reply = r.slot.get();
+        let reply = self.slot.get();
         if let Some(Reply::Failed(NodeError::Connection(_))) = &reply
-            && now < r.deadline
-            && let Some(command) = r.resend.take()
+            && now < self.deadline
+            && let Some(command) = self.resend.take()
         {
-            let (node, deadline) = (r.node, r.deadline);
-            r.slot = match PLUG.with(|p| p.borrow_mut().send(node, command, now, deadline)) {
-                Ok((slot, _)) => slot,
-                Err(e) => Slot::with(Reply::Failed(e)),
-            };
+            self.slot =
+                match PLUG.with(|p| p.borrow_mut().send(self.node, command, now, self.deadline)) {
+                    Ok((slot, _)) => slot,
+                    Err(e) => Slot::with(Reply::Failed(e)),
+                };
             // Usually not the reply yet: the caller subscribes again.
-            return r.slot.get();
+            return self.slot.get();
         }
         reply
+    }
+}
+
+impl api::GuestFanOut for FanOut {
+    fn subscribe(&self) -> Pollable {
+        let requests = self.0.borrow();
+        let now = monotonic_clock::now();
+        let mut next = u64::MAX;
+        for r in requests.iter().flatten() {
+            if r.slot.get().is_some() {
+                return ready_now();
+            }
+            match next_check(r.sent_at, r.deadline, now) {
+                Check::Now => return ready_now(),
+                Check::At(t) => next = next.min(t),
+            }
+        }
+        // With every reply taken nothing comes: the caller does not wait
+        // on it then, but a pollable must be ready some time.
+        monotonic_clock::subscribe_instant(next)
+    }
+
+    fn take(&self) -> Vec<NodeReply> {
+        let mut requests = self.0.borrow_mut();
+        let now = monotonic_clock::now();
+        let mut read = Vec::new();
+        for r in requests.iter().flatten() {
+            if r.slot.get().is_none() {
+                let i = r.node as usize;
+                if read.len() <= i {
+                    read.resize(i + 1, false);
+                }
+                read[i] = true;
+            }
+        }
+        if !read.is_empty() {
+            PLUG.with(|p| p.borrow_mut().pump(&read, now));
+        }
+        let mut out = Vec::new();
+        for slot in requests.iter_mut() {
+            if let Some(r) = slot
+                && let Some(reply) = r.reply(now)
+            {
+                out.push(NodeReply {
+                    node: r.node,
+                    reply,
+                });
+                *slot = None;
+            }
+        }
+        out
     }
 }
 
@@ -156,9 +195,9 @@ fn ready_now() -> Pollable {
     monotonic_clock::subscribe_duration(0)
 }
 
-fn request(node: u32, command: Command) -> api::PendingReply {
-    let now = monotonic_clock::now();
-    let (slot, sent_at, deadline, resend) = PLUG.with(|p| {
+/// Queues `command` on `node`.
+fn request(node: u32, command: Command, now: u64) -> Request {
+    let (slot, deadline, resend) = PLUG.with(|p| {
         let mut p = p.borrow_mut();
         let deadline = match &p.timing {
             Ok(t) => t.deadline(now),
@@ -166,51 +205,46 @@ fn request(node: u32, command: Command) -> api::PendingReply {
         };
         let may_resend = command.kind.may_resend().then(|| command.clone());
         match p.send(node, command, now, deadline) {
-            Ok((slot, reused)) => (slot, now, deadline, may_resend.filter(|_| reused)),
-            Err(e) => (Slot::with(Reply::Failed(e)), now, deadline, None),
+            Ok((slot, reused)) => (slot, deadline, may_resend.filter(|_| reused)),
+            Err(e) => (Slot::with(Reply::Failed(e)), deadline, None),
         }
     });
-    api::PendingReply::new(PendingReply(RefCell::new(Request {
+    Request {
         node,
         slot,
-        sent_at,
+        sent_at: now,
         deadline,
         resend,
-    })))
+    }
 }
 
 struct Component;
 
 impl api::Guest for Component {
-    type PendingReply = PendingReply;
+    type FanOut = FanOut;
 
     fn node_count() -> u32 {
         PLUG.with(|p| p.borrow().nodes.len() as u32)
     }
 
-    fn set_if_absent(node: u32, key: String, token: String, ttl_ms: u64) -> api::PendingReply {
-        request(node, wire::set_if_absent(&key, &token, ttl_ms))
-    }
-
-    fn delete_if_token(node: u32, key: String, token: String) -> api::PendingReply {
-        request(node, wire::delete_if_token(&key, &token))
-    }
-
-    fn extend_if_token(node: u32, key: String, token: String, ttl_ms: u64) -> api::PendingReply {
-        request(node, wire::extend_if_token(&key, &token, ttl_ms))
-    }
-
-    fn set_if_absent_fenced(
-        node: u32,
-        key: String,
-        token: String,
-        ttl_ms: u64,
-    ) -> api::PendingReply {
-        request(node, wire::set_if_absent_fenced(&key, &token, ttl_ms))
-    }
-
-    fn raise_fence(node: u32, key: String, fence: u64) -> api::PendingReply {
-        request(node, wire::raise_fence(&key, fence))
+    fn send(nodes: Vec<u32>, key: String, op: Operation) -> api::FanOut {
+        let now = monotonic_clock::now();
+        let requests = nodes
+            .into_iter()
+            .map(|node| {
+                let command = match &op {
+                    Operation::SetIfAbsent(l) => wire::set_if_absent(&key, &l.token, l.ttl_ms),
+                    Operation::DeleteIfToken(token) => wire::delete_if_token(&key, token),
+                    Operation::ExtendIfToken(l) => wire::extend_if_token(&key, &l.token, l.ttl_ms),
+                    Operation::SetIfAbsentFenced(l) => {
+                        wire::set_if_absent_fenced(&key, &l.token, l.ttl_ms)
+                    }
+                    Operation::RaiseFence(fence) => wire::raise_fence(&key, *fence),
+                };
+                Some(request(node, command, now))
+            })
+            .collect();
+        api::FanOut::new(FanOut(RefCell::new(requests)))
     }
 
     fn cancellation() -> Option<Pollable> {

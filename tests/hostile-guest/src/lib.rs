@@ -8,9 +8,9 @@
 //! - `alloc`: allocates without bound (the memory cap);
 //! - `grow:BYTES`: grows its linear memory to BYTES and says how big it is
 //!   (the memory cap, to the page);
-//! - `leak`: creates pending replies forever, never dropping them (the cap
+//! - `leak`: creates fan-outs forever, never dropping them (the cap
 //!   on live resources);
-//! - `forget`: leaves three pending replies alive and returns (its instance
+//! - `forget`: leaves three fan-outs alive and returns (its instance
 //!   must not be reused).
 //!
 //! Capabilities the core must not have; each reports what it saw as the
@@ -34,7 +34,7 @@ mod component {
             package redlock:hostile;
 
             world hostile-core {
-                include redlock:core/lock-core@0.1.0;
+                include redlock:core/lock-core@0.2.0;
                 import wasi:sockets/instance-network@0.2.12;
                 import wasi:sockets/tcp-create-socket@0.2.12;
                 import wasi:sockets/udp-create-socket@0.2.12;
@@ -57,6 +57,14 @@ mod component {
     };
 
     struct Hostile;
+
+    /// A set-if-absent of token "t" for a second.
+    fn set() -> node::Operation {
+        node::Operation::SetIfAbsent(node::Lease {
+            token: "t".into(),
+            ttl_ms: 1000,
+        })
+    }
 
     /// This instance's id, drawn on its first call (0: not yet).
     static INSTANCE: AtomicU64 = AtomicU64::new(0);
@@ -225,16 +233,13 @@ mod component {
                     std::hint::black_box(node::node_count());
                 },
                 "leak" => loop {
-                    std::mem::forget(node::set_if_absent(0, "leak", "t", 1000));
+                    std::mem::forget(node::send(&[0], "leak", &set()));
                 },
                 "forget" => {
                     for i in 0..3 {
-                        std::mem::forget(node::set_if_absent(i, "forget", "t", 1000));
+                        std::mem::forget(node::send(&[i], "forget", &set()));
                     }
-                    said(format!(
-                        "left pending replies behind in instance {:x}",
-                        instance()
-                    ))
+                    said(format!("left fan-outs behind in instance {:x}", instance()))
                 }
                 "whoami" => said(format!("instance {:x} call {calls}", instance())),
                 "fs-read" => said(io("read", std::fs::read(arg))),

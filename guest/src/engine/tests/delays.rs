@@ -399,7 +399,7 @@ fn contender(c: &mut Client<'_>, seed: u64) -> Vec<Session> {
             let work =
                 |rng: &mut Rng, lock: &Lock| rng.up_to((lock.validity_ms * 5 / 4).min(150)) * MS;
             let until = c.now_ns() + work(&mut rng, &lock);
-            c.wait(&[], until);
+            c.wait(None, until);
             if rng.one_in(2) {
                 c.call += 1;
                 // Shorter or longer than the lock's own TTL: an extend
@@ -410,7 +410,7 @@ fn contender(c: &mut Client<'_>, seed: u64) -> Vec<Session> {
                         believed_until = longer.expires_at_ns;
                         lock = longer;
                         let until = c.now_ns() + work(&mut rng, &lock);
-                        c.wait(&[], until);
+                        c.wait(None, until);
                     }
                     Err(_) => believed_until = believed_until.min(c.now_ns()),
                 }
@@ -429,7 +429,7 @@ fn contender(c: &mut Client<'_>, seed: u64) -> Vec<Session> {
             believed_until,
         });
         let until = c.now_ns() + rng.up_to(30) * MS;
-        c.wait(&[], until);
+        c.wait(None, until);
     }
     sessions
 }

@@ -231,7 +231,7 @@ fn contender(c: &mut Client<'_>, seed: u64) -> Vec<Session> {
             let work =
                 |rng: &mut Rng, lock: &Lock| rng.up_to((lock.validity_ms * 5 / 4).min(150)) * MS;
             let until = c.now_ns() + work(&mut rng, &lock);
-            c.wait(&[], until);
+            c.wait(None, until);
             if rng.one_in(2) {
                 c.call += 1;
                 let ttl = 3 + rng.up_to(ttl_ms * 2);
@@ -241,7 +241,7 @@ fn contender(c: &mut Client<'_>, seed: u64) -> Vec<Session> {
                         believed_until = longer.expires_at_ns;
                         lock = longer;
                         let until = c.now_ns() + work(&mut rng, &lock);
-                        c.wait(&[], until);
+                        c.wait(None, until);
                     }
                     Err(_) => believed_until = believed_until.min(c.now_ns()),
                 }
@@ -258,7 +258,7 @@ fn contender(c: &mut Client<'_>, seed: u64) -> Vec<Session> {
             believed_until,
         });
         let until = c.now_ns() + rng.up_to(30) * MS;
-        c.wait(&[], until);
+        c.wait(None, until);
     }
     sessions
 }
