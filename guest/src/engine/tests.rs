@@ -438,3 +438,77 @@ fn a_token_is_two_random_draws_as_32_lowercase_hex_digits() {
     assert_eq!(draws.token(), "ffffffffffffffff000000000000000a");
     assert!(draws.0.is_empty(), "two draws per token, no more");
 }
+
+/// A host's `take` is not trusted to name each asked node once: a node named
+/// twice counts once, a node that was not asked (or does not exist) not at
+/// all. Here node 0 grants three times over and an unknown node 7 grants,
+/// node 1 refuses and node 2 never answers: one grant of three is no quorum.
+/// Negative control: with the "asked and not yet answered" filter removed
+/// from `round_from`, this test failed (the tally's debug assertion
+/// `unanswered > 0` stopped node 0's repeated grants; a release build has no
+/// such assertion and would have counted them).
+#[test]
+fn a_reply_counts_once_and_only_from_a_node_that_was_asked() {
+    /// Answers every round at once with the same dishonest list.
+    struct Repeats {
+        clock: u64,
+        rounds: Vec<Vec<u32>>,
+    }
+    impl Nodes for Repeats {
+        type Round = bool;
+        fn count(&self) -> u32 {
+            3
+        }
+        fn now_ns(&mut self) -> u64 {
+            self.clock
+        }
+        fn random_u64(&mut self) -> u64 {
+            7
+        }
+        fn send(&mut self, to: &[u32], _: &Op<'_>) -> bool {
+            self.rounds.push(to.to_vec());
+            true
+        }
+        fn take(&mut self, fresh: &mut bool, into: &mut Vec<(u32, Reply)>) {
+            if std::mem::take(fresh) {
+                into.extend([
+                    (0, Reply::Done),
+                    (0, Reply::Done),
+                    (7, Reply::Done),
+                    (1, Reply::Refused),
+                    (0, Reply::Done),
+                ]);
+            }
+        }
+        fn wait(&mut self, _: Option<&bool>, until_ns: u64) -> Wake {
+            self.clock = self.clock.max(until_ns);
+            Wake::Deadline
+        }
+    }
+    let mut nodes = Repeats {
+        clock: 0,
+        rounds: Vec::new(),
+    };
+    let opts = AcquireOptions {
+        retry_count: Some(0),
+        ..AcquireOptions::with_ttl(10_000)
+    };
+    let Err(Error::UnableToAcquire(f)) = acquire(&mut nodes, "k", &opts, Some(100)) else {
+        panic!("one node's grant, repeated, acquired a lock of three nodes")
+    };
+    assert_eq!(
+        f.nodes,
+        vec![Outcome::Done, Outcome::Refused, Outcome::NoReply],
+        "node 0 counted once, node 7 not at all"
+    );
+    assert_eq!(
+        nodes.rounds[0],
+        vec![0, 1, 2],
+        "every node asked, each once"
+    );
+    let released = release(&mut nodes, "k", &"7".repeat(32), Some(100));
+    assert!(
+        matches!(released, Err(Error::UnableToRelease(_))),
+        "one node's delete, repeated, released: {released:?}"
+    );
+}
