@@ -1,8 +1,6 @@
 //! The component glue: implements [`Nodes`] with the `redis-node` import and
 //! WASI, and exports `redlock`. Only type conversions live here.
 
-use std::cell::Cell;
-
 use crate::engine::{self, Nodes, Op, Wake};
 use crate::options::AcquireOptions;
 use crate::quorum::{NodeError, Outcome, Reply};
@@ -31,12 +29,13 @@ struct HostNodes {
 /// A fan-out in flight. Field order matters: the pollable may be a child of
 /// the fan-out and must be dropped first.
 struct FanOut {
-    pollable: Pollable,
+    /// The pollable of the last wait and the reply count it waits for.
+    pollable: Option<(u32, Pollable)>,
     fan_out: node::FanOut,
-    /// The last wait reported the pollable ready: only then can `take`
-    /// have something (it is a call into the host; before the first wait
+    /// A wait returned since the last `take`: only then can `take` have
+    /// something (it is a call into the host; before the first wait
     /// nothing can have arrived).
-    ready: Cell<bool>,
+    waited: bool,
 }
 
 impl HostNodes {
@@ -88,23 +87,23 @@ impl Nodes for HostNodes {
             ),
             Op::RaiseFence { key, fence } => (key, node::Operation::RaiseFence(fence)),
         };
-        let fan_out = node::send(to, key, &op);
         FanOut {
-            pollable: fan_out.subscribe(),
-            fan_out,
-            ready: Cell::new(false),
+            pollable: None,
+            fan_out: node::send(to, key, &op),
+            waited: false,
         }
     }
 
     fn take(&mut self, round: &mut FanOut, into: &mut Vec<(u32, Reply)>) {
-        if !round.ready.replace(false) {
+        if !std::mem::take(&mut round.waited) {
             return;
         }
         let replies = round.fan_out.take();
         if replies.is_empty() {
-            // Woken by progress that is not a reply yet (see the WIT): wait
-            // for the next step. Never happens with the wasmtime host.
-            round.pollable = round.fan_out.subscribe();
+            // Woken by progress that is not a reply yet (see the WIT), or
+            // the deadline passed: the next wait subscribes again. Never
+            // the former with the wasmtime host.
+            round.pollable = None;
         }
         into.extend(replies.into_iter().map(|r| {
             let reply = match r.reply {
@@ -117,33 +116,37 @@ impl Nodes for HostNodes {
         }));
     }
 
-    fn wait(&mut self, round: Option<&FanOut>, until_ns: u64) -> Wake {
+    fn wait(&mut self, round: Option<(&mut FanOut, u32)>, until_ns: u64) -> Wake {
         if self.timer.as_ref().is_none_or(|(at, _)| *at != until_ns) {
             self.timer = Some((until_ns, monotonic_clock::subscribe_instant(until_ns)));
         }
         let Some((_, timer)) = &self.timer else {
             unreachable!("set above")
         };
+        let round = round.map(|(r, need)| {
+            if r.pollable.as_ref().is_none_or(|(n, _)| *n != need) {
+                r.pollable = None;
+                r.pollable = Some((need, r.fan_out.subscribe(need)));
+            }
+            r.waited = true;
+            r
+        });
         let mut set: Vec<&Pollable> = Vec::with_capacity(3);
         set.push(timer);
         if let Some(cancel) = &self.cancel {
             set.push(cancel);
         }
-        if let Some(r) = round {
-            set.push(&r.pollable);
+        if let Some((_, p)) = round.as_ref().and_then(|r| r.pollable.as_ref()) {
+            set.push(p);
         }
         let ready = poll(&set);
         // Indices: 0 the timer, then the cancellation if any, then the round.
         let round_at = set.len() as u32 - 1;
-        let progress = round.is_some() && ready.contains(&round_at);
-        if let Some(r) = round {
-            r.ready.set(progress);
-        }
         if self.cancel.is_some() && ready.contains(&1) {
             self.cancel = None;
             return Wake::Cancelled;
         }
-        if progress {
+        if round.is_some() && ready.contains(&round_at) {
             Wake::Progress
         } else {
             Wake::Deadline

@@ -108,11 +108,13 @@ pub trait Nodes {
     /// Appends to `into` the replies of `round` that arrived since the last
     /// call, as (node, reply). May refresh what `round` waits on.
     fn take(&mut self, round: &mut Self::Round, into: &mut Vec<(u32, Reply)>);
-    /// Blocks until `round` may have a new reply, `until_ns` passes, or
-    /// cancellation is requested. With no round, a cancellable sleep.
+    /// Blocks until `round` may have new replies, `until_ns` passes, or
+    /// cancellation is requested. With a round comes how many new replies
+    /// the caller needs before it can decide anything (at least 1): a hint,
+    /// the wait may return sooner. With no round, a cancellable sleep.
     /// [`Wake::Cancelled`] is reported once; later waits ignore cancellation
     /// so that the cleanup after it can run.
-    fn wait(&mut self, round: Option<&Self::Round>, until_ns: u64) -> Wake;
+    fn wait(&mut self, round: Option<(&mut Self::Round, u32)>, until_ns: u64) -> Wake;
 
     /// A fresh lock token: 128 random bits as 32 lowercase hex digits.
     fn token(&mut self) -> String {
@@ -199,6 +201,50 @@ fn round<N: Nodes>(nodes: &mut N, op: &Op<'_>, until_ns: u64, until: Until<'_>) 
     round_from(nodes, op, until_ns, until, &[])
 }
 
+/// What a round has heard so far.
+struct Heard {
+    tally: Tally,
+    outcomes: Vec<Outcome>,
+    /// Per node: asked, and not answered yet.
+    waiting: Vec<bool>,
+    /// Per node, the fence counter it reported (fenced operations only).
+    fences: Vec<Option<u64>>,
+}
+
+impl Heard {
+    /// Counts the replies in `arrived` (emptying it). Only a node asked and
+    /// not yet answered counts, once: a host's list is not trusted.
+    fn absorb(&mut self, op: &Op<'_>, arrived: &mut Vec<(u32, Reply)>) {
+        for (i, reply) in arrived.drain(..) {
+            let Some(w) = self.waiting.get_mut(i as usize).filter(|w| **w) else {
+                continue;
+            };
+            *w = false;
+            let reply = op.accept(reply);
+            self.tally.record(&reply);
+            if let Reply::Fence(v) = reply {
+                self.fences[i as usize] = Some(v);
+            }
+            self.outcomes[i as usize] = reply.into();
+        }
+    }
+
+    /// Nodes marked in `wanted` that have not answered yet.
+    fn awaited(&self, wanted: &[bool]) -> u32 {
+        (self.waiting.iter().zip(wanted))
+            .filter(|&(&w, &want)| w && want)
+            .count() as u32
+    }
+
+    fn end(self, end: End) -> Round {
+        Round {
+            end,
+            outcomes: self.outcomes,
+            fences: self.fences,
+        }
+    }
+}
+
 /// [`round`] in which the nodes marked in `done` already did it: they are
 /// not asked again and count as `done` from the start (nodes past the end
 /// of `done` are asked).
@@ -210,70 +256,58 @@ fn round_from<N: Nodes>(
     done: &[bool],
 ) -> Round {
     let n = nodes.count();
-    let mut tally = Tally::new(n);
-    let mut outcomes = vec![Outcome::NoReply; n as usize];
-    // Per node: asked, and not answered yet.
-    let mut waiting = vec![false; n as usize];
+    let mut heard = Heard {
+        tally: Tally::new(n),
+        outcomes: vec![Outcome::NoReply; n as usize],
+        waiting: vec![false; n as usize],
+        fences: vec![None; n as usize],
+    };
     let mut to = Vec::with_capacity(n as usize);
     for i in 0..n {
         if done.get(i as usize).copied().unwrap_or(false) {
-            tally.record(&Reply::Done);
-            outcomes[i as usize] = Outcome::Done;
+            heard.tally.record(&Reply::Done);
+            heard.outcomes[i as usize] = Outcome::Done;
         } else {
-            waiting[i as usize] = true;
+            heard.waiting[i as usize] = true;
             to.push(i);
         }
     }
     let mut fan_out = (!to.is_empty()).then(|| nodes.send(&to, op));
-    let mut fences = vec![None; n as usize];
     let mut arrived = Vec::with_capacity(n as usize);
     loop {
         if let Some(f) = fan_out.as_mut() {
             nodes.take(f, &mut arrived);
         }
-        for (i, reply) in arrived.drain(..) {
-            // Only a node asked and not yet answered counts, once.
-            let Some(w) = waiting.get_mut(i as usize).filter(|w| **w) else {
-                continue;
-            };
-            *w = false;
-            let reply = op.accept(reply);
-            tally.record(&reply);
-            if let Reply::Fence(v) = reply {
-                fences[i as usize] = Some(v);
-            }
-            outcomes[i as usize] = reply.into();
-        }
-        let decided = match (until, tally.decision()) {
+        heard.absorb(op, &mut arrived);
+        let decided = match (until, heard.tally.decision()) {
             (Until::Decided, Decision::Reached) => Some(End::Reached),
             (Until::Decided, Decision::Impossible) => Some(End::Impossible),
-            (Until::Answered(wanted), d)
-                if waiting.iter().zip(wanted).all(|(&w, &want)| !w || !want) =>
-            {
-                Some(match d {
-                    Decision::Reached => End::Reached,
-                    _ => End::Impossible,
-                })
-            }
+            (Until::Answered(wanted), d) if heard.awaited(wanted) == 0 => Some(match d {
+                Decision::Reached => End::Reached,
+                _ => End::Impossible,
+            }),
             _ => None,
         };
         if let Some(end) = decided {
-            return Round {
-                end,
-                outcomes,
-                fences,
-            };
+            return heard.end(end);
         }
-        let end = match nodes.wait(fan_out.as_ref(), until_ns) {
+        // Nothing can be decided before this many more replies arrived.
+        let need = match until {
+            Until::Decided => heard.tally.replies_to_decide(),
+            Until::Answered(wanted) => heard.awaited(wanted),
+        };
+        let end = match nodes.wait(fan_out.as_mut().map(|f| (f, need.max(1))), until_ns) {
             Wake::Progress => continue,
             Wake::Deadline => End::DeadlinePassed,
             Wake::Cancelled => End::Cancelled,
         };
-        return Round {
-            end,
-            outcomes,
-            fences,
-        };
+        // Fewer replies than `need` may have arrived meanwhile: they decide
+        // nothing, but the outcomes report them.
+        if let Some(f) = fan_out.as_mut() {
+            nodes.take(f, &mut arrived);
+        }
+        heard.absorb(op, &mut arrived);
+        return heard.end(end);
     }
 }
 

@@ -100,6 +100,20 @@ impl Tally {
         self.unanswered == 0
     }
 
+    /// How many more replies the outcome needs, at least, before it can
+    /// become certain (0 once it is): `quorum - done` grants to reach it,
+    /// or enough other answers that the unanswered nodes could no longer
+    /// make a quorum. Nothing can be decided from fewer, so a wait may
+    /// sleep until this many arrived.
+    pub fn replies_to_decide(&self) -> u32 {
+        if self.decision() != Decision::Open {
+            return 0;
+        }
+        let to_reach = self.quorum - self.done;
+        let to_rule_out = self.done + self.unanswered + 1 - self.quorum;
+        to_reach.min(to_rule_out)
+    }
+
     /// The outcome as far as it is certain now.
     pub fn decision(&self) -> Decision {
         if self.done >= self.quorum {
@@ -121,6 +135,55 @@ mod tests {
         let expected = [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4), (7, 4)];
         for (n, q) in expected {
             assert_eq!(quorum(n), q, "n = {n}");
+        }
+    }
+
+    /// No outcome is certain after fewer replies than `replies_to_decide`
+    /// says, and one can be after exactly that many: checked over every
+    /// sequence of grant / other for N = 1..=7.
+    #[test]
+    fn replies_to_decide_is_exact() {
+        for n in 1..=7u32 {
+            for code in 0..(1u32 << n) {
+                let mut t = Tally::new(n);
+                for step in 0..n {
+                    let need = t.replies_to_decide();
+                    if t.decision() != Decision::Open {
+                        assert_eq!(need, 0);
+                        break;
+                    }
+                    assert!(need >= 1, "n {n}: open needs a reply");
+                    // However the next `need - 1` replies go, still open.
+                    for grants in 0..need {
+                        let mut u = t;
+                        for k in 0..need - 1 {
+                            let r = if k < grants {
+                                Reply::Done
+                            } else {
+                                Reply::Refused
+                            };
+                            u.record(&r);
+                        }
+                        assert_eq!(u.decision(), Decision::Open, "n {n} step {step}");
+                    }
+                    // `need` grants in a row, or `need` refusals, decide.
+                    let (mut yes, mut no) = (t, t);
+                    for _ in 0..need {
+                        yes.record(&Reply::Done);
+                        no.record(&Reply::Refused);
+                    }
+                    assert!(
+                        yes.decision() != Decision::Open || no.decision() != Decision::Open,
+                        "n {n} step {step}: {need} replies can decide"
+                    );
+                    let r = if code >> step & 1 == 1 {
+                        Reply::Done
+                    } else {
+                        Reply::Refused
+                    };
+                    t.record(&r);
+                }
+            }
         }
     }
 

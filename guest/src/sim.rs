@@ -513,13 +513,15 @@ fn redis_apply(node: &mut SimNode, now: u64, op: &Op<'_>) -> Reply {
 /// A round's requests still unanswered, by node.
 pub type SimRound = Vec<(u32, SimPending)>;
 
-/// When the earliest of `round` is back (`None`: never).
-fn next_ready(round: Option<&SimRound>) -> Option<u64> {
-    round
-        .into_iter()
-        .flatten()
-        .filter_map(|(_, p)| p.ready_at)
-        .min()
+/// When `need` replies of `round` are back, or all that ever come if fewer
+/// do (`None`: none ever does). Honours the hint exactly, so that a hint
+/// larger than the engine may give delays its decisions in the tests.
+fn next_ready(round: Option<(&mut SimRound, u32)>) -> Option<u64> {
+    let (round, need) = round?;
+    let mut at: Vec<u64> = round.iter().filter_map(|(_, p)| p.ready_at).collect();
+    at.sort_unstable();
+    let k = (need.max(1) as usize).min(at.len());
+    at.get(k.checked_sub(1)?).copied()
 }
 
 /// Moves the answered requests of `round` to `into`.
@@ -558,7 +560,7 @@ impl Nodes for Sim {
         take_from(self, round, into);
     }
 
-    fn wait(&mut self, round: Option<&SimRound>, until_ns: u64) -> Wake {
+    fn wait(&mut self, round: Option<(&mut SimRound, u32)>, until_ns: u64) -> Wake {
         let next = next_ready(round);
         if let Some(c) = self.cancel_at
             && c <= until_ns
@@ -736,7 +738,7 @@ impl Nodes for Client<'_> {
     }
 
     /// Cancellation is not simulated here.
-    fn wait(&mut self, round: Option<&SimRound>, until_ns: u64) -> Wake {
+    fn wait(&mut self, round: Option<(&mut SimRound, u32)>, until_ns: u64) -> Wake {
         let next = next_ready(round);
         let wake = next.map_or(until_ns, |t| t.min(until_ns));
         let mut st = self.stage.lock();

@@ -418,7 +418,7 @@ fn a_token_is_two_random_draws_as_32_lowercase_hex_digits() {
         }
         fn send(&mut self, _: &[u32], _: &Op<'_>) {}
         fn take(&mut self, _: &mut (), _: &mut Vec<(u32, Reply)>) {}
-        fn wait(&mut self, _: Option<&()>, _: u64) -> Wake {
+        fn wait(&mut self, _: Option<(&mut (), u32)>, _: u64) -> Wake {
             Wake::Deadline
         }
     }
@@ -480,7 +480,7 @@ fn a_reply_counts_once_and_only_from_a_node_that_was_asked() {
                 ]);
             }
         }
-        fn wait(&mut self, _: Option<&bool>, until_ns: u64) -> Wake {
+        fn wait(&mut self, _: Option<(&mut bool, u32)>, until_ns: u64) -> Wake {
             self.clock = self.clock.max(until_ns);
             Wake::Deadline
         }

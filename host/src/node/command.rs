@@ -222,30 +222,39 @@ impl Command {
             Command::SetIfAbsentFenced { .. } => (&scripts.set_fenced, SET_IF_ABSENT_FENCED),
             Command::RaiseFence { .. } => (&scripts.raise_fence, RAISE_FENCE),
         };
-        let cmd = if loaded {
-            pipe.cmd("EVALSHA").arg(sha.as_str())
-        } else {
-            pipe.cmd("EVAL").arg(text)
+        // Sized once: a command's buffers never grow while it is built.
+        let (name, script) = match loaded {
+            true => ("EVALSHA", sha.as_str()),
+            false => ("EVAL", text),
         };
+        let (keys, words) = match self {
+            Command::SetIfAbsent { key, token, .. } | Command::ExtendIfToken { key, token, .. } => {
+                (1, key.len() + token.len() + 20)
+            }
+            Command::DeleteIfToken { key, token } => (1, key.len() + token.len()),
+            Command::SetIfAbsentFenced { key, token, .. } => {
+                (2, 2 * key.len() + 8 + token.len() + 20)
+            }
+            Command::RaiseFence { key, .. } => (1, key.len() + 8 + 20),
+        };
+        let mut cmd = redis::Cmd::with_capacity(7, name.len() + script.len() + 1 + words);
+        cmd.arg(name).arg(script).arg(keys);
         match self {
             Command::SetIfAbsent { key, token, ttl_ms }
             | Command::ExtendIfToken { key, token, ttl_ms } => {
-                cmd.arg(1).arg(&**key).arg(&**token).arg(*ttl_ms);
+                cmd.arg(&**key).arg(&**token).arg(*ttl_ms);
             }
             Command::DeleteIfToken { key, token } => {
-                cmd.arg(1).arg(&**key).arg(&**token);
+                cmd.arg(&**key).arg(&**token);
             }
             Command::SetIfAbsentFenced { key, token, ttl_ms } => {
-                cmd.arg(2)
-                    .arg(&**key)
-                    .arg(fence(key))
-                    .arg(&**token)
-                    .arg(*ttl_ms);
+                cmd.arg(&**key).arg(fence(key)).arg(&**token).arg(*ttl_ms);
             }
             Command::RaiseFence { key, fence: value } => {
-                cmd.arg(1).arg(fence(key)).arg(*value);
+                cmd.arg(fence(key)).arg(*value);
             }
         }
+        pipe.add_command(cmd);
     }
 
     /// What a reply means. `None` for NOSCRIPT: the server forgot the

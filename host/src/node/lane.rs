@@ -463,7 +463,7 @@ impl Driver {
     /// Writes every unsent request as one pipeline on `conn`.
     fn write(&mut self, conn: Conn) -> impl Future<Output = Answer> + Send + 'static + use<> {
         let jobs = std::mem::take(&mut self.unsent);
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(jobs.len() + Scripts::texts().len());
         let mut skip = 0;
         if std::mem::take(&mut self.reload_scripts) {
             for text in Scripts::texts() {

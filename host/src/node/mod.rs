@@ -422,7 +422,12 @@ impl node::Host for RedisNode<'_> {
 }
 
 impl node::HostFanOut for RedisNode<'_> {
-    fn subscribe(&mut self, this: Resource<FanOut>) -> wasmtime::Result<Resource<DynPollable>> {
+    fn subscribe(
+        &mut self,
+        this: Resource<FanOut>,
+        replies: u32,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        self.table.get_mut(&this)?.want(replies);
         subscribe(self.table, this)
     }
 

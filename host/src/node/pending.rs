@@ -11,7 +11,7 @@
 //! its waker live together, and each request's [`Slot`] is a reference to
 //! the round and an index into it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -26,8 +26,8 @@ struct Shared {
     /// Per request, its reply once it lands: the node's answer, a failure,
     /// or a timeout, whichever comes first.
     replies: Box<[OnceLock<Reply>]>,
-    /// A reply landed that `take` has not looked at.
-    fresh: AtomicBool,
+    /// How many replies landed (each request's first).
+    landed: AtomicU32,
     waker: AtomicWaker,
 }
 
@@ -43,7 +43,7 @@ impl Slot {
     pub(super) fn resolve(&self, reply: Reply) -> bool {
         let first = self.shared.replies[self.at].set(reply).is_ok();
         if first {
-            self.shared.fresh.store(true, Ordering::SeqCst);
+            self.shared.landed.fetch_add(1, Ordering::SeqCst);
             self.shared.waker.wake();
         }
         first
@@ -59,6 +59,10 @@ pub struct FanOut {
     shared: Arc<Shared>,
     /// Per request, its node; `None` once `take` returned its reply.
     nodes: Vec<Option<u32>>,
+    /// How many replies `take` returned.
+    taken: u32,
+    /// How many untaken replies make the pollable ready (`subscribe`).
+    want: u32,
 }
 
 impl FanOut {
@@ -67,10 +71,12 @@ impl FanOut {
         Self {
             shared: Arc::new(Shared {
                 replies: nodes.iter().map(|_| OnceLock::new()).collect(),
-                fresh: AtomicBool::new(false),
+                landed: AtomicU32::new(0),
                 waker: AtomicWaker::new(),
             }),
             nodes: nodes.iter().copied().map(Some).collect(),
+            taken: 0,
+            want: 1,
         }
     }
 
@@ -82,11 +88,13 @@ impl FanOut {
         }
     }
 
+    /// Makes the pollable wait for `replies` untaken replies (at least 1).
+    pub(super) fn want(&mut self, replies: u32) {
+        self.want = replies.max(1);
+    }
+
     /// The replies that landed since the last call, each once.
     pub(super) fn take(&mut self) -> Vec<NodeReply> {
-        // Cleared before looking, so a reply landing meanwhile leaves it set
-        // (at worst one wake-up finds nothing new).
-        self.shared.fresh.store(false, Ordering::SeqCst);
         let mut out = Vec::new();
         for (node, cell) in self.nodes.iter_mut().zip(self.shared.replies.iter()) {
             if let (Some(n), Some(reply)) = (*node, cell.get()) {
@@ -95,17 +103,31 @@ impl FanOut {
                     reply: reply.clone(),
                 });
                 *node = None;
+                self.taken += 1;
             }
         }
         out
     }
 
+    /// Enough untaken replies landed: `want`, or every one still to come.
+    fn enough(&self) -> bool {
+        // `landed` counts a reply just after it is set, so it may lag
+        // behind what `take` saw; never ahead.
+        let untaken = self
+            .shared
+            .landed
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.taken);
+        let to_come = self.nodes.len() as u32 - self.taken;
+        untaken >= self.want.min(to_come).max(1)
+    }
+
     fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.shared.fresh.load(Ordering::SeqCst) {
+        if self.enough() {
             return Poll::Ready(());
         }
         self.shared.waker.register(cx.waker());
-        if self.shared.fresh.load(Ordering::SeqCst) {
+        if self.enough() {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -139,19 +161,40 @@ mod tests {
         let mut f = FanOut::new(&[0, 3, 4]);
         let (a, b) = (f.slot(0), f.slot(2));
         assert!(f.take().is_empty());
+        assert!(!f.enough());
         assert!(a.resolve(Reply::Done));
         assert!(!a.resolve(Reply::Refused), "the first reply stays");
-        assert!(f.shared.fresh.load(Ordering::SeqCst));
+        assert!(f.enough());
         let got = f.take();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].node, 0);
         assert!(matches!(got[0].reply, Reply::Done));
-        assert!(!f.shared.fresh.load(Ordering::SeqCst));
+        assert!(!f.enough());
         assert!(f.take().is_empty(), "each reply once");
         assert!(b.resolve(Reply::Refused));
         let got = f.take();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].node, 4);
         assert!(b.is_resolved() && a.is_resolved() && !f.slot(1).is_resolved());
+    }
+
+    /// The pollable is not ready for fewer replies than the caller wants,
+    /// unless no more can come.
+    #[test]
+    fn the_pollable_waits_for_the_replies_wanted() {
+        let mut f = FanOut::new(&[0, 1, 2, 3, 4]);
+        f.want(3);
+        f.slot(4).resolve(Reply::Done);
+        f.slot(1).resolve(Reply::Refused);
+        assert!(!f.enough(), "2 of the 3 wanted");
+        f.slot(0).resolve(Reply::Done);
+        assert!(f.enough());
+        assert_eq!(f.take().len(), 3);
+        assert!(!f.enough());
+        f.slot(2).resolve(Reply::Done);
+        assert!(!f.enough(), "still wants 3 of the 2 left: waits for both");
+        f.slot(3).resolve(Reply::Done);
+        assert!(f.enough(), "every reply still to come is in");
+        assert_eq!(f.take().len(), 2);
     }
 }

@@ -140,7 +140,9 @@ impl Request {
 }
 
 impl api::GuestFanOut for FanOut {
-    fn subscribe(&self) -> Pollable {
+    /// Ignores the reply count (a hint): replies come in only when `take`
+    /// reads the sockets, so the pollable wakes for every step.
+    fn subscribe(&self, _replies: u32) -> Pollable {
         let requests = self.0.borrow();
         let now = monotonic_clock::now();
         let mut next = u64::MAX;
