@@ -41,6 +41,9 @@ struct FanOut {
 impl HostNodes {
     fn new() -> Self {
         Self {
+            // Fixed for one call, not for the instance: a host may rebind
+            // a warm instance to other nodes between calls (the wasmtime
+            // host does).
             count: node::node_count(),
             cancel: node::cancellation(),
             timer: None,

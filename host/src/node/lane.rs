@@ -319,7 +319,11 @@ impl Driver {
                 return;
             }
             let next_deadline = self.next_deadline();
-            if let Some(at) = next_deadline {
+            // Re-arming a timer costs a trip through tokio's timer wheel:
+            // only when the oldest deadline changed.
+            if let Some(at) = next_deadline
+                && timer.deadline() != at.into()
+            {
                 timer.as_mut().reset(at.into());
             }
             tokio::select! {
@@ -337,9 +341,11 @@ impl Driver {
                 job = self.queue.recv(), if open => {
                     match job {
                         Some(job) => {
-                            self.admit(job);
+                            // One clock read for the requests that came together.
+                            let deadline = Instant::now() + self.settings.timeout;
+                            self.admit(job, deadline);
                             while let Ok(job) = self.queue.try_recv() {
-                                self.admit(job);
+                                self.admit(job, deadline);
                             }
                         }
                         None => open = false,
@@ -349,8 +355,8 @@ impl Driver {
         }
     }
 
-    fn admit(&mut self, job: Job) {
-        let deadline = Instant::now() + self.settings.timeout;
+    /// Takes a request from the queue; it times out at `deadline`.
+    fn admit(&mut self, job: Job, deadline: Instant) {
         self.deadlines
             .push_back((deadline, job.slot.clone(), job.cmd.name()));
         self.unresolved += 1;
