@@ -75,9 +75,18 @@ impl Nodes for HostNodes {
 
     fn send(&mut self, to: &[u32], op: &Op<'_>) -> FanOut {
         let (key, op) = match *op {
-            Op::SetIfAbsent { key, token, ttl_ms } => {
-                (key, node::Operation::SetIfAbsent(lease(token, ttl_ms)))
-            }
+            Op::SetIfAbsent {
+                key,
+                token,
+                ttl_ms,
+                fresh: false,
+            } => (key, node::Operation::SetIfAbsent(lease(token, ttl_ms))),
+            Op::SetIfAbsent {
+                key,
+                token,
+                ttl_ms,
+                fresh: true,
+            } => (key, node::Operation::SetIfAbsentFresh(lease(token, ttl_ms))),
             Op::DeleteIfToken { key, token } => {
                 (key, node::Operation::DeleteIfToken(token.to_owned()))
             }

@@ -12,7 +12,8 @@ use crate::validity::{NS_PER_MS, expires_at_ns, validity_ms};
 /// One per-node operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op<'a> {
-    /// `SET key token NX PX ttl_ms`.
+    /// Compare-and-set: granted when the key is free or already holds
+    /// `token`.
     SetIfAbsent {
         /// Lock key.
         key: &'a str,
@@ -20,6 +21,11 @@ pub enum Op<'a> {
         token: &'a str,
         /// TTL in ms.
         ttl_ms: u64,
+        /// No earlier request carried `token` (an acquire's first attempt),
+        /// so no node can hold it: the host may send a plain
+        /// `SET key token NX PX ttl_ms`, which costs a node less than the
+        /// script.
+        fresh: bool,
     },
     /// Delete `key` if its value is `token`.
     DeleteIfToken {
@@ -425,6 +431,8 @@ pub fn acquire<N: Nodes>(
                 key,
                 token: &token,
                 ttl_ms,
+                // The token is new with this call: only a retry can find it.
+                fresh: attempts == 1,
             }
         };
         let r = round(nodes, &set, until_ns, Until::Decided);

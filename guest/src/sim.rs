@@ -102,6 +102,8 @@ pub struct Sent {
     pub ttl_ms: u64,
     /// The fence a raise-fence commits; 0 for the others.
     pub fence: u64,
+    /// A SET of a token no earlier request carried (`Op::SetIfAbsent`).
+    pub fresh: bool,
     pub sent_at: u64,
     /// When the command reaches the node and takes effect.
     pub arrives_at: u64,
@@ -119,7 +121,12 @@ impl Sent {
     fn op(&self) -> Op<'_> {
         let (key, token, ttl_ms) = (self.key.as_str(), self.token.as_str(), self.ttl_ms);
         match self.kind {
-            Kind::Set => Op::SetIfAbsent { key, token, ttl_ms },
+            Kind::Set => Op::SetIfAbsent {
+                key,
+                token,
+                ttl_ms,
+                fresh: self.fresh,
+            },
             Kind::Delete => Op::DeleteIfToken { key, token },
             Kind::Extend => Op::ExtendIfToken { key, token, ttl_ms },
             Kind::FencedSet => Op::SetIfAbsentFenced { key, token, ttl_ms },
@@ -397,7 +404,9 @@ impl Sim {
         };
         let keeps_keys = n.behavior.keeps_keys();
         let (kind, key, token, ttl_ms, fence) = match *op {
-            Op::SetIfAbsent { key, token, ttl_ms } => (Kind::Set, key, token, ttl_ms, 0),
+            Op::SetIfAbsent {
+                key, token, ttl_ms, ..
+            } => (Kind::Set, key, token, ttl_ms, 0),
             Op::DeleteIfToken { key, token } => (Kind::Delete, key, token, 0, 0),
             Op::ExtendIfToken { key, token, ttl_ms } => (Kind::Extend, key, token, ttl_ms, 0),
             Op::SetIfAbsentFenced { key, token, ttl_ms } => {
@@ -413,6 +422,7 @@ impl Sim {
             token: token.to_owned(),
             ttl_ms,
             fence,
+            fresh: matches!(op, Op::SetIfAbsent { fresh: true, .. }),
             sent_at: now,
             arrives_at,
             ready_at,
@@ -466,9 +476,15 @@ fn redis_apply(node: &mut SimNode, now: u64, op: &Op<'_>) -> Reply {
         ns - ns / 1_000_000 * skew_ppm
     };
     match *op {
-        // lua/set-if-absent.lua: free, or already this token (TTL anew).
-        Op::SetIfAbsent { key, token, ttl_ms } => {
-            if keys.get(key).is_some_and(|(t, _)| t != token) {
+        // lua/set-if-absent.lua: free, or already this token (TTL anew);
+        // fresh, `SET NX PX`: free only.
+        Op::SetIfAbsent {
+            key,
+            token,
+            ttl_ms,
+            fresh,
+        } => {
+            if keys.get(key).is_some_and(|(t, _)| fresh || t != token) {
                 Reply::Refused
             } else {
                 keys.insert(key.into(), (token.into(), now + lifetime(ttl_ms)));

@@ -130,6 +130,8 @@ pub enum Expect {
     Fence,
     /// Connection set-up (`AUTH`, `SELECT`): `+OK`.
     Ok,
+    /// `SET ... NX`: `+OK` is done, nil is refused.
+    OkOrNil,
 }
 
 /// What a reply means for the request that expected it.
@@ -149,7 +151,8 @@ pub enum Meaning {
 pub fn interpret(expect: Expect, value: Value) -> Meaning {
     match (expect, value) {
         (_, Value::Error(e)) => Meaning::RedisError(e),
-        (Expect::Ok, Value::Simple(s)) if s == "OK" => Meaning::Done,
+        (Expect::Ok | Expect::OkOrNil, Value::Simple(s)) if s == "OK" => Meaning::Done,
+        (Expect::OkOrNil, Value::Nil) => Meaning::Refused,
         (Expect::OneOrZero, Value::Integer(1)) => Meaning::Done,
         (Expect::OneOrZero | Expect::Fence, Value::Integer(0)) => Meaning::Refused,
         (Expect::Fence, Value::Integer(v)) if v > 0 => Meaning::Fence(v as u64),
@@ -291,6 +294,12 @@ mod tests {
         assert_eq!(interpret(Expect::OneOrZero, Value::Integer(1)), Done);
         assert_eq!(interpret(Expect::OneOrZero, Value::Integer(0)), Refused);
         assert_eq!(interpret(Expect::Ok, ok()), Done);
+        assert_eq!(interpret(Expect::OkOrNil, ok()), Done);
+        assert_eq!(interpret(Expect::OkOrNil, Value::Nil), Refused);
+        assert!(matches!(
+            interpret(Expect::OkOrNil, Value::Integer(1)),
+            Unexpected(_)
+        ));
         assert_eq!(interpret(Expect::Fence, Value::Integer(7)), Fence(7));
         assert_eq!(interpret(Expect::Fence, Value::Integer(0)), Refused);
         assert!(matches!(

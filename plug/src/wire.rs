@@ -1,10 +1,11 @@
 //! What the plug sends for each `redis-node` operation, what it expects
 //! back, and which commands may go out twice.
 //!
-//! The one place that knows the SET form: the compare-and-set script
+//! The one place that knows the SET forms: the compare-and-set script
 //! `lua/set-if-absent.lua`, as the Rust host runs it (a retry that finds its
-//! own token is granted). To change it, change [`set_if_absent`] and its
-//! [`Expect`]. The fenced forms run `lua/set-if-absent-fenced.lua` and
+//! own token is granted), and for an acquire's first attempt, whose token no
+//! node can hold yet, a plain `SET NX PX`. To change them, change
+//! [`set_if_absent`], [`set_if_absent_fresh`] and their [`Expect`]. The fenced forms run `lua/set-if-absent-fenced.lua` and
 //! `lua/raise-fence.lua` on the counter [`fence_key`], as the Rust host
 //! does (docs/FENCING.md); a raise may be resent (it never lowers a
 //! counter), a fenced SET never is.
@@ -101,6 +102,22 @@ fn command(args: &[&[u8]], expect: Expect, kind: Kind) -> Command {
         expect,
         kind,
     }
+}
+
+/// `SET key token NX PX ttl`, for a token no earlier request carried (see
+/// `set-if-absent-fresh` in the WIT): `+OK` when the key was free, nil when
+/// anything holds it. One command where the script is an EVAL.
+pub fn set_if_absent_fresh(key: &str, token: &str, ttl_ms: u64) -> Command {
+    let ttl = ttl_ms.to_string();
+    let args: [&[u8]; 6] = [
+        b"SET",
+        key.as_bytes(),
+        token.as_bytes(),
+        b"NX",
+        b"PX",
+        ttl.as_bytes(),
+    ];
+    command(&args, Expect::OkOrNil, Kind::SetIfAbsent)
 }
 
 /// The compare-and-set script, as the Rust host sends it: 1 when the key

@@ -1339,10 +1339,11 @@ impl ResetAfterSet {
                     if server.write_all(&up[..n]).await.is_err() {
                         return;
                     }
-                    // The set-if-absent script (EVAL of lua/set-if-absent.lua).
-                    let set = up[..n]
-                        .windows(SET_SCRIPT_MARK.len())
-                        .any(|w| w == SET_SCRIPT_MARK);
+                    // A first attempt's `SET NX PX`, or a retry's
+                    // set-if-absent script (EVAL of lua/set-if-absent.lua).
+                    let set = [SET_MARK, SET_SCRIPT_MARK]
+                        .iter()
+                        .any(|m| up[..n].windows(m.len()).any(|w| w == *m));
                     if set && armed.swap(false, Ordering::SeqCst) {
                         // Let the node run it; then an RST instead of the reply.
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1380,7 +1381,9 @@ impl Drop for ResetAfterSet {
     }
 }
 
-/// A line only the set-if-absent script has: how the proxy below tells a SET.
+/// How the proxy below tells a SET: the command name `SET` in RESP (a first
+/// attempt's plain `SET NX PX`), or a line only the set-if-absent script has.
+const SET_MARK: &[u8] = b"$3\r\nSET\r\n";
 const SET_SCRIPT_MARK: &[u8] = b"redis.pcall(\"GET\", KEYS[1])";
 
 /// A SET on a connection that dies after the node ran it (a proxy resets the

@@ -119,9 +119,9 @@ async fn redis_errors_and_hostile_servers_are_typed_and_named() {
     let cases: &[(&str, &str)] = &[
         ("READONLY", "READONLY"),
         ("OOM", "OOM"),
-        // SET runs inside the compare-and-set script, where Redis words
-        // the refusal as a script error.
-        ("NOPERM", "can't run this command"),
+        // A first attempt sends SET itself (a retry runs it inside the
+        // compare-and-set script, where Redis words it as a script error).
+        ("NOPERM", "no permissions to run the 'set' command"),
         ("WRONGPASS", "authentication failed"),
         ("BUSY", "BUSY"),
         ("CLUSTERDOWN", "CLUSTERDOWN"),

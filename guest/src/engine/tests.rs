@@ -512,3 +512,90 @@ fn a_reply_counts_once_and_only_from_a_node_that_was_asked() {
         "one node's delete, repeated, released: {released:?}"
     );
 }
+
+/// Only an acquire's first attempt may send its SET as fresh (a plain
+/// `SET NX PX`): a retry may find its own earlier SET, whose cleanup delete
+/// did not land, and must count it as granted. Three nodes: node 2 is held
+/// by another client throughout, node 1 until the pause after the first
+/// attempt; node 0 takes our first SET and fails our cleanup delete without
+/// running it. The retry is granted only if node 0 counts our own token.
+/// Negative control: with every attempt sent fresh, the acquire failed.
+#[test]
+fn a_retry_counts_its_own_earlier_set() {
+    struct Nodes3 {
+        clock: u64,
+        holders: [Option<String>; 3],
+        /// Per SET round: whether it was sent fresh.
+        sets: Vec<bool>,
+    }
+    impl Nodes for Nodes3 {
+        type Round = Vec<(u32, Reply)>;
+        fn count(&self) -> u32 {
+            3
+        }
+        fn now_ns(&mut self) -> u64 {
+            self.clock
+        }
+        fn random_u64(&mut self) -> u64 {
+            0x5eed
+        }
+        fn send(&mut self, to: &[u32], op: &Op<'_>) -> Self::Round {
+            let mut round = Vec::new();
+            for &i in to {
+                let held = &mut self.holders[i as usize];
+                let reply = match *op {
+                    Op::SetIfAbsent { token, fresh, .. } => {
+                        if held.as_deref().is_none_or(|t| !fresh && t == token) {
+                            *held = Some(token.to_owned());
+                            Reply::Done
+                        } else {
+                            Reply::Refused
+                        }
+                    }
+                    // Node 0 loses every delete.
+                    Op::DeleteIfToken { .. } if i == 0 => Reply::Failed(NodeError::Timeout),
+                    Op::DeleteIfToken { token, .. } if held.as_deref() == Some(token) => {
+                        *held = None;
+                        Reply::Done
+                    }
+                    _ => Reply::Refused,
+                };
+                round.push((i, reply));
+            }
+            if let Op::SetIfAbsent { fresh, .. } = *op {
+                self.sets.push(fresh);
+            }
+            round
+        }
+        fn take(&mut self, round: &mut Self::Round, into: &mut Vec<(u32, Reply)>) {
+            into.append(round);
+        }
+        fn wait(&mut self, round: Option<(&mut Self::Round, u32)>, until_ns: u64) -> Wake {
+            self.clock = self.clock.max(until_ns);
+            if round.is_none() {
+                // The pause between attempts: node 1's holder lets go.
+                self.holders[1] = None;
+            }
+            Wake::Deadline
+        }
+    }
+    let other = Some("another client".to_owned());
+    let mut nodes = Nodes3 {
+        clock: 0,
+        holders: [None, other.clone(), other],
+        sets: Vec::new(),
+    };
+    let opts = AcquireOptions {
+        retry_count: Some(1),
+        ..AcquireOptions::with_ttl(10_000)
+    };
+    let lock = acquire(&mut nodes, "k", &opts, Some(1_000))
+        .expect("the retry counts node 0's own earlier SET");
+    assert_eq!(
+        nodes.sets,
+        vec![true, false],
+        "fresh on the first attempt only"
+    );
+    assert_eq!(nodes.holders[0].as_deref(), Some(lock.token.as_str()));
+    assert_eq!(nodes.holders[1].as_deref(), Some(lock.token.as_str()));
+}

@@ -113,10 +113,13 @@ impl Scripts {
 
 /// One of the Redlock operations, with the key as stored in Redis.
 pub(crate) enum Command {
+    /// `fresh`: no earlier request carried the token, so the key cannot
+    /// hold it: a plain `SET key token NX PX ttl_ms` instead of the script.
     SetIfAbsent {
         key: Arc<str>,
         token: Arc<str>,
         ttl_ms: u64,
+        fresh: bool,
     },
     DeleteIfToken {
         key: Arc<str>,
@@ -222,6 +225,23 @@ impl Command {
             Command::SetIfAbsentFenced { .. } => (&scripts.set_fenced, SET_IF_ABSENT_FENCED),
             Command::RaiseFence { .. } => (&scripts.raise_fence, RAISE_FENCE),
         };
+        if let Command::SetIfAbsent {
+            key,
+            token,
+            ttl_ms,
+            fresh: true,
+        } = self
+        {
+            let mut cmd = redis::Cmd::with_capacity(6, 3 + key.len() + token.len() + 2 + 2 + 20);
+            cmd.arg("SET")
+                .arg(&**key)
+                .arg(&**token)
+                .arg("NX")
+                .arg("PX")
+                .arg(*ttl_ms);
+            pipe.add_command(cmd);
+            return;
+        }
         // Sized once: a command's buffers never grow while it is built.
         let (name, script) = match loaded {
             true => ("EVALSHA", sha.as_str()),
@@ -240,7 +260,9 @@ impl Command {
         let mut cmd = redis::Cmd::with_capacity(7, name.len() + script.len() + 1 + words);
         cmd.arg(name).arg(script).arg(keys);
         match self {
-            Command::SetIfAbsent { key, token, ttl_ms }
+            Command::SetIfAbsent {
+                key, token, ttl_ms, ..
+            }
             | Command::ExtendIfToken { key, token, ttl_ms } => {
                 cmd.arg(&**key).arg(&**token).arg(*ttl_ms);
             }

@@ -45,8 +45,14 @@ impl Memory {
             keys.remove(key);
         }
         match cmd {
-            Command::SetIfAbsent { key, token, ttl_ms } => {
-                if keys.get(key).is_some_and(|(t, _)| t != token) {
+            Command::SetIfAbsent {
+                key,
+                token,
+                ttl_ms,
+                fresh,
+            } => {
+                // Fresh: `SET NX PX`, refused whoever holds the key.
+                if keys.get(key).is_some_and(|(t, _)| *fresh || t != token) {
                     return Reply::Refused;
                 }
                 let expires = now + Duration::from_millis(*ttl_ms);

@@ -334,6 +334,7 @@ impl RedisNodeCtx {
         let fan_out = FanOut::new(nodes);
         let (token, ttl_ms): (Arc<str>, u64) = match &op {
             Operation::SetIfAbsent(l)
+            | Operation::SetIfAbsentFresh(l)
             | Operation::ExtendIfToken(l)
             | Operation::SetIfAbsentFenced(l) => (Arc::from(l.token.as_str()), l.ttl_ms),
             Operation::DeleteIfToken(t) => (Arc::from(t.as_str()), 0),
@@ -342,9 +343,14 @@ impl RedisNodeCtx {
         for (at, &i) in nodes.iter().enumerate() {
             let (key, token) = (key.clone(), token.clone());
             let cmd = match op {
-                Operation::SetIfAbsent(_) => {
+                Operation::SetIfAbsent(_) | Operation::SetIfAbsentFresh(_) => {
                     crate::metrics::set_sent();
-                    Command::SetIfAbsent { key, token, ttl_ms }
+                    Command::SetIfAbsent {
+                        key,
+                        token,
+                        ttl_ms,
+                        fresh: matches!(op, Operation::SetIfAbsentFresh(_)),
+                    }
                 }
                 Operation::DeleteIfToken(_) => Command::DeleteIfToken { key, token },
                 Operation::ExtendIfToken(_) => Command::ExtendIfToken { key, token, ttl_ms },

@@ -236,6 +236,9 @@ impl api::Guest for Component {
             .map(|node| {
                 let command = match &op {
                     Operation::SetIfAbsent(l) => wire::set_if_absent(&key, &l.token, l.ttl_ms),
+                    Operation::SetIfAbsentFresh(l) => {
+                        wire::set_if_absent_fresh(&key, &l.token, l.ttl_ms)
+                    }
                     Operation::DeleteIfToken(token) => wire::delete_if_token(&key, token),
                     Operation::ExtendIfToken(l) => wire::extend_if_token(&key, &l.token, l.ttl_ms),
                     Operation::SetIfAbsentFenced(l) => {

@@ -485,6 +485,7 @@ fn a_fenced_operation_needs_a_counter_in_its_reply() {
         key: "k",
         token: "t",
         ttl_ms: 1,
+        fresh: false,
     };
     for op in [fenced, raise] {
         assert!(matches!(op.accept(Reply::Done), Reply::Failed(_)), "{op:?}");
