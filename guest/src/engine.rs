@@ -88,7 +88,7 @@ impl Op<'_> {
 /// Why [`Nodes::wait`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
-    /// At least one of the pending replies may be ready.
+    /// New replies of the round may have arrived.
     Progress,
     /// The instant passed.
     Deadline,

@@ -3,7 +3,7 @@
 //!
 //! Why the plug hands out clock pollables only: WASI 0.2 has no pollable
 //! that means "this socket has data *or* this instant has passed", and a
-//! component cannot make pollables of its own. A pending reply whose
+//! component cannot make pollables of its own. A fan-out whose
 //! pollable were its socket's input stream would never wake the caller for
 //! a node that stays silent, so no per-node timeout could fire; one whose
 //! pollable were a clock at its deadline would hide a prompt reply until
@@ -22,7 +22,7 @@
 //! quarter of its age late, plus a timer tick), and the eager looks keep a
 //! core busy for up to half a millisecond per request. A WIT in which the
 //! caller also waits on one clock of the plug's (for the earliest deadline)
-//! would let every pending reply hand out its socket's pollable instead.
+//! would let every fan-out hand out its sockets' pollables instead.
 
 use crate::defaults::{CONNECT_STALE_NS, DOWN_MEMORY_NS, EAGER_NS, MIN_STEP_NS, REPLY_STALE_NS};
 

@@ -20,7 +20,7 @@ use crate::timing::Timing;
 use crate::wire::Command;
 
 /// Where one request's reply goes; shared by the connection and the
-/// pending reply that waits for it.
+/// fan-out that waits for it.
 #[derive(Default)]
 pub struct Slot(RefCell<Option<Reply>>);
 
