@@ -118,15 +118,18 @@ async fn stopped_within(
 /// Each runaway is stopped by the limit meant for it, with that limit's
 /// error, and the host keeps serving: an infinite loop and a tight loop of
 /// imports by the time cap (budget + 500 ms, enforced through epoch
-/// interruption), unbounded allocation by the memory cap (16 MiB), pending
-/// replies never dropped by the cap on live resources.
+/// interruption), unbounded allocation by the memory cap (16 MiB), fan-outs
+/// never dropped by the cap on live resources, a fan-out to a million nodes
+/// by the host's check of the list against its node count.
 ///
 /// Negative controls, each run once on a copy of host/src/sandbox.rs: without
 /// epoch interruption (and its async yield) `spin` and `imports` were never
 /// stopped ("not stopped within 3.3s"); without `store.limiter` `alloc` ended
 /// in Rust's out-of-memory abort ("wasm `unreachable` instruction executed"),
 /// not at the cap; without the table's `set_max_capacity` `leak` was stopped
-/// by wasmtime's own "store handle limit exceeded" instead.
+/// by wasmtime's own "store handle limit exceeded" instead; without the
+/// node-count check the host took the million-node fan-out (queued a
+/// million commands for node 0) and the call returned normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_cores_are_stopped_by_the_limit_meant_for_them() {
     let c = Cluster::start(3);
@@ -177,6 +180,15 @@ async fn hostile_cores_are_stopped_by_the_limit_meant_for_them() {
     );
     assert!(took < budget, "leak: stopped after {took:?}");
     served_next(&hostile, "leak").await;
+    // A fan-out to more nodes than there are: refused before the host
+    // allocates or sends anything for it.
+    let (msg, took) = stopped_within(&hostile, "flood", budget, within).await;
+    assert!(
+        msg.contains("redis-node.send: 1048576 nodes listed, 3 configured"),
+        "flood: {msg}"
+    );
+    assert!(took < budget, "flood: stopped after {took:?}");
+    served_next(&hostile, "flood").await;
 
     // The real core in the same process is unaffected.
     let normal = Redlock::new(c.urls(), ttl).unwrap();

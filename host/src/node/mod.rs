@@ -415,6 +415,15 @@ impl node::Host for RedisNode<'_> {
         key: String,
         op: Operation,
     ) -> wasmtime::Result<Resource<FanOut>> {
+        // Each node at most once: a longer list is a guest breaking the
+        // contract, and would cost the host memory and requests per entry.
+        if nodes.len() > self.ctx.len() {
+            wasmtime::bail!(
+                "redis-node.send: {} nodes listed, {} configured (each at most once)",
+                nodes.len(),
+                self.ctx.len()
+            );
+        }
         Ok(self.table.push(self.ctx.fan_out(&nodes, key, op))?)
     }
 

@@ -10,6 +10,8 @@
 //!   (the memory cap, to the page);
 //! - `leak`: creates fan-outs forever, never dropping them (the cap
 //!   on live resources);
+//! - `flood`: sends one operation to a million nodes (the host refuses a
+//!   list longer than its node count);
 //! - `forget`: leaves three fan-outs alive and returns (its instance
 //!   must not be reused).
 //!
@@ -235,6 +237,11 @@ mod component {
                 "leak" => loop {
                     std::mem::forget(node::send(&[0], "leak", &set()));
                 },
+                "flood" => {
+                    let nodes = vec![0u32; 1 << 20];
+                    drop(node::send(&nodes, "flood", &set()));
+                    said("the host took a million nodes")
+                }
                 "forget" => {
                     for i in 0..3 {
                         std::mem::forget(node::send(&[i], "forget", &set()));
